@@ -1,0 +1,1 @@
+"""Environment glue that keeps upstream libraries importable on CPU-only machines."""
