@@ -89,3 +89,19 @@ def install() -> None:
         return
     if not any(isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchvisionFinder())
+
+
+PTH_NAME = "zz_smartedit_torchvision_compat.pth"  # 'zz': after the editable-install .pth that puts us on sys.path
+
+
+def write_pth() -> Path:
+    """Install the hook for every interpreter of this environment (called by ``make venv``)."""
+    import sysconfig
+
+    target = Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
+    target.write_text("import pipeline.compat.torchvision_ops as _m; _m.install()\n")
+    return target
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_pth()}")

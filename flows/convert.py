@@ -1,0 +1,141 @@
+"""`convert-segmentation`, `convert-vqa`, `convert-edit`: official dataset layouts → webdataset shards.
+
+Thin: the readers (pipeline/sources/) and the driver (pipeline/convert.py) do the work. Here, one
+task per output shard (never per sample) returns a small stats dict; the flow finalises each
+dataset's manifest, publishes a table artifact and a progress artifact, and emits `shards.built`.
+
+    prefect deployment run convert-segmentation/convert-segmentation \
+        -p sources='[{"source": "refcoco", "root": "/data/refer"}]' -p output=/data/shards
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from pydantic import BaseModel, Field
+
+from flows.common import RunnerKind, make_task_runner, publish_manifests
+
+SEGMENTATION = ("cocostuff", "refcoco", "refcoco+", "refcocog", "grefcoco", "reasonseg")
+VQA = ("llava-instruct",)
+EDIT = ("instructpix2pix", "magicbrush")
+
+
+class SourceParams(BaseModel):
+    """One source to convert: its name, its root in the official layout, splits (all when empty), options."""
+
+    source: str
+    root: str
+    splits: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=16)
+def _reader(source: str, root: str, split: str, options_json: str):
+    """One reader per process and source split: records() parses annotations once, not once per shard."""
+    from pipeline.sources import get_reader
+
+    return get_reader(source, root, split, **json.loads(options_json))
+
+
+def _is_io_error(task, task_run, state) -> bool:
+    """Retry only what may pass on a second try: I/O errors, not bad data or bugs."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_is_io_error, task_run_name="{source}-{split}-shard-{shard_index}")
+def convert_shard_task(source: str, root: str, split: str, options_json: str, shard_index: int, shard_size: int,
+                       dataset_dir: str) -> dict[str, Any]:
+    from pipeline.convert import convert_shard, dataset_prefix, plan_shards
+
+    reader = _reader(source, root, split, options_json)
+    plan = plan_shards(dataset_prefix(reader), len(reader.records()), shard_size)[shard_index]
+    stats = convert_shard(reader, plan, dataset_dir)
+    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected}
+
+
+def _splits(params: SourceParams) -> list[str]:
+    from pipeline.sources import available_splits
+
+    return params.splits or list(available_splits(params.source, params.root, **params.options))
+
+
+@flow(name="convert-sources", log_prints=False)
+def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 1000, allowed: tuple[str, ...] = (),
+                    flow_name: str = "convert") -> list[str]:
+    """Convert every split of every source; returns the written manifests' paths."""
+    from pipeline.convert import dataset_prefix, plan_shards
+    from pipeline.manifest import INDEX_NAME, finalize_dataset
+    from pipeline.provenance import Provenance
+
+    logger = get_run_logger()
+    jobs = []
+    for params in sources:
+        params = SourceParams.model_validate(params)
+        if allowed and params.source not in allowed:
+            raise ValueError(f"source {params.source!r} does not belong to {flow_name}; expected one of {list(allowed)}")
+        options_json = json.dumps(params.options, sort_keys=True)
+        for split in _splits(params):
+            reader = _reader(params.source, params.root, split, options_json)
+            plans = plan_shards(dataset_prefix(reader), len(reader.records()), shard_size)
+            dataset_dir = Path(output) / params.source / split
+            jobs.append((params, split, options_json, reader, plans, dataset_dir))
+
+    total = sum(len(j[4]) for j in jobs)
+    progress = create_progress_artifact(progress=0.0, description=f"{flow_name}: shards written of {total}")
+    futures = []
+    for params, split, options_json, reader, plans, dataset_dir in jobs:
+        futures.append([
+            convert_shard_task.submit(params.source, params.root, split, options_json, i, shard_size, str(dataset_dir))
+            for i in range(len(plans))
+        ])
+    manifests, paths, done = [], [], 0
+    for (params, split, _, reader, plans, dataset_dir), shard_futures in zip(jobs, futures):
+        for future in shard_futures:
+            future.result()
+            done += 1
+            update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+        index = finalize_dataset(dataset_dir, name=dataset_prefix(reader), shard_names=[p.name for p in plans],
+                                 provenance=Provenance.now(reader.source, reader.spec()))
+        logger.info("%s: %d kept, %d rejected", index["name"], index["counts"]["kept"], index["counts"]["rejected"])
+        manifests.append(index)
+        paths.append(dataset_dir / INDEX_NAME)
+    publish_manifests(flow_name, manifests, paths)
+    return [str(p) for p in paths]
+
+
+def _run(flow_name: str, allowed: tuple[str, ...], sources, output, shard_size, workers, runner, dask_address):
+    inner = convert_sources.with_options(name=f"{flow_name}-shards", task_runner=make_task_runner(runner, workers, dask_address))
+    return inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name)
+
+
+@flow(name="convert-segmentation")
+def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2,
+                         runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
+    """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split)."""
+    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address)
+
+
+@flow(name="convert-vqa")
+def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2,
+                runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
+    """LLaVA-Instruct-150k → shards."""
+    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address)
+
+
+@flow(name="convert-edit")
+def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2,
+                 runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
+    """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards."""
+    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address)
