@@ -1,0 +1,179 @@
+"""Safe image access for the converters: stay inside the root, refuse bombs, detect truncation.
+
+Images are passed through as stored (never re-encoded), so we only need their header: size and
+format come from ``PIL.Image.open`` (which parses the header and decodes no pixels), truncation from
+the container structure (a JPEG's last scan must be followed by an EOI marker; a PNG must end with
+IEND). Full decoding is reserved for images whose pixels we actually use (label maps, masks) or for
+callers that ask for it (``full_decode=True``).
+
+EXIF: pixels are kept as stored, unrotated. Annotation geometry in COCO, the refer datasets and
+LISA refers to the stored pixel grid, so masks align with the stored pixels; a sample whose JPEG
+carries an orientation tag other than 1 records it as ``exif_orientation`` in its json, and a
+loader that applies ``ImageOps.exif_transpose`` must transpose the masks the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# PIL's own default bomb threshold (≈ 89.5 MP, a 0.25 GiB RGB buffer); configurable per reader.
+DEFAULT_MAX_PIXELS = 89_478_485
+_EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+_EXIF_ORIENTATION = 0x0112
+
+
+class RejectError(Exception):
+    """Raised inside a reader for bad input; the reader turns it into a `Reject` with this reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image as stored: its bytes untouched, plus what its header says.
+
+    ext: member extension for the stored format (jpg, png, webp).
+    size: (width, height) of the stored pixel grid (before any EXIF rotation).
+    """
+
+    data: bytes
+    ext: str
+    size: tuple[int, int]
+    mode: str
+    exif_orientation: int = 1
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+
+def resolve_inside(root: Path | str, relative: str | os.PathLike) -> Path:
+    """``root / relative`` with symlinks resolved; `RejectError` ``path_escape`` when it leaves ``root``.
+
+    Annotation files name images; a name such as ``../../etc/passwd`` or a symlink pointing outside
+    the dataset must not make us read (and publish) arbitrary files.
+    """
+    root = Path(root).resolve()
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise RejectError("path_escape", f"{relative!s} resolves to {candidate}, outside the dataset root {root}")
+    return candidate
+
+
+def _check_structure(data: bytes, fmt: str, name: str) -> None:
+    if fmt == "JPEG":
+        # Entropy-coded data never contains 0xFF followed by a marker byte (it is byte-stuffed), so
+        # the last start-of-scan must be followed by an end-of-image marker in a complete file.
+        sos = data.rfind(b"\xff\xda")
+        if sos < 0 or data.find(b"\xff\xd9", sos + 2) < 0:
+            raise RejectError("image_truncated", f"{name}: JPEG has no end-of-image marker after its last scan")
+    elif fmt == "PNG":
+        if data.rfind(b"IEND", max(0, len(data) - 64)) < 0:
+            raise RejectError("image_truncated", f"{name}: PNG does not end with an IEND chunk")
+
+
+def probe_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, full_decode: bool = False) -> StoredImage:
+    """Header-check image bytes; reasons: image_corrupt, image_truncated, image_too_large, image_format.
+
+    Decodes pixels only when ``full_decode`` is set.
+    """
+    if not data:
+        raise RejectError("image_truncated", f"{name}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise RejectError("image_too_large", f"{name}: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise RejectError("image_corrupt", f"{name}: not a readable image ({err})") from None
+    fmt = img.format or ""
+    if fmt not in _EXT_BY_FORMAT:
+        raise RejectError("image_format", f"{name}: stored format {fmt!r}; expected one of {sorted(_EXT_BY_FORMAT)}")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise RejectError(
+            "image_too_large", f"{name}: {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
+        )
+    if width < 1 or height < 1:
+        raise RejectError("image_corrupt", f"{name}: empty image {width}x{height}")
+    _check_structure(data, fmt, name)
+    orientation = 1
+    if fmt == "JPEG":
+        try:
+            orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # a broken EXIF block does not make the pixels unusable
+            orientation = 1
+    if full_decode:
+        try:
+            img.load()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise RejectError("image_corrupt", f"{name}: pixel data does not decode ({err})") from None
+    return StoredImage(data, _EXT_BY_FORMAT[fmt], (width, height), img.mode, orientation)
+
+
+def read_image(
+    root: Path | str, relative: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, full_decode: bool = False
+) -> StoredImage:
+    """Read ``root/relative`` safely (see `resolve_inside`, `probe_image`); ``image_missing`` when absent."""
+    path = resolve_inside(root, relative)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RejectError("image_missing", f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise RejectError("image_missing", f"{path}: is a directory, not an image") from None
+    return probe_image(data, str(path), max_pixels=max_pixels, full_decode=full_decode)
+
+
+def decode_gray(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a single-channel 8-bit PNG (label map) to an array (H, W) uint8; corrupt or wrong mode → reject."""
+    probe_image(data, name, max_pixels=max_pixels)
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, ValueError, SyntaxError) as err:
+        raise RejectError("image_corrupt", f"{name}: pixel data does not decode ({err})") from None
+    if img.mode not in ("L", "P"):
+        raise RejectError("labelmap_mode", f"{name}: mode {img.mode}; expected an 8-bit single-channel (L or P) PNG")
+    return np.asarray(img)
+
+
+def decode_binary_mask(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, threshold: int = 128) -> np.ndarray:
+    """Decode any mask image to a bool array (H, W): luminance ≥ ``threshold`` is the region."""
+    probe_image(data, name, max_pixels=max_pixels)
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, ValueError, SyntaxError) as err:
+        raise RejectError("image_corrupt", f"{name}: pixel data does not decode ({err})") from None
+    return np.asarray(img.convert("L")) >= threshold
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """(H, W) bool/0-1 array → 8-bit single-channel PNG bytes, 0 background, 255 region (deterministic)."""
+    arr = np.where(np.asarray(mask) > 0, np.uint8(255), np.uint8(0))
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def encode_gray_png(arr: np.ndarray) -> bytes:
+    """(H, W) uint8 array → single-channel PNG bytes, values unchanged."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), "L").save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
