@@ -128,7 +128,7 @@ class BaseReader:
     @classmethod
     def available_splits(cls, root: Path | str, **options: Any) -> list[str]:
         """Splits of the spec (for the reader's variant) whose files exist under ``root``."""
-        return cls.source_spec().splits(options.get("split_by") or cls.variant)
+        return cls.source_spec().splits(options.get("split_by"))
 
 
 def require_text(value: Any, what: str) -> str:

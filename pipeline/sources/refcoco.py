@@ -187,10 +187,10 @@ class RefCocoReader(_ReferBase):
     def _read(self, index: int, ref: dict[str, Any]) -> Sample:
         where = f"ref {ref.get('ref_id')}"
         sentences = sentences_of(ref, where)
+        image, info = self.load_image(ref["image_id"], where)
         ann = self.annotation(ref["ann_id"], where)
         if int(ann.get("image_id", ref["image_id"])) != int(ref["image_id"]):
             raise RejectError("unknown_annotation", f"{where}: ann {ref['ann_id']} belongs to image {ann.get('image_id')}, not {ref['image_id']}")
-        image, info = self.load_image(ref["image_id"], where)
         mask = annotation_mask(ann, image.height, image.width, tolerance=self.tolerance)
         meta = self.meta(
             "referring_mask", ref["ref_id"], sentences=sentences, no_target=False,
@@ -200,10 +200,6 @@ class RefCocoReader(_ReferBase):
             **self.image_fields(image),
         )
         return Sample(self.key(index, ref["ref_id"]), meta, {image.ext: image.data, "mask.png": encode_mask_png(mask)})
-
-    @classmethod
-    def available_splits(cls, root: Path | str, **options: Any) -> list[str]:
-        return cls.source_spec().splits(options.get("split_by"))
 
 
 class RefCocoPlusReader(RefCocoReader):
