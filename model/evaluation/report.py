@@ -1,0 +1,219 @@
+"""The evaluation report: per-item records, per-category and understanding/reasoning aggregates, JSON and a
+markdown table with the paper's Table 1 rows beside ours (protocol named on every row)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+METRICS = ("psnr", "ssim", "lpips", "clip")
+TABLE_METRICS = METRICS + ("ins_align",)
+METRIC_TITLES = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "clip": "CLIP↑", "ins_align": "Ins-align↑"}
+GROUPS = ("understanding", "reasoning")
+PAPER_TABLE = Path(__file__).resolve().parents[2] / "data_specs" / "reason_edit_paper_table1.yaml"
+REPORT_FORMAT = "smartedit-reason-edit-report-v1"
+
+
+class PaperScores(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    psnr: float
+    ssim: float
+    lpips: float
+    clip: float
+    ins_align: float
+
+
+class PaperRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    understanding: PaperScores
+    reasoning: PaperScores
+
+
+class PaperTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    protocol: str
+    rows: list[PaperRow]
+
+
+def load_paper_table(path: Path | str = PAPER_TABLE) -> PaperTable:
+    """The paper's Table 1 from its YAML file, validated."""
+    path = Path(path)
+    try:
+        return PaperTable.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except Exception as err:
+        raise ValueError(f"{path}: not a valid paper table ({err})") from err
+
+
+@dataclass
+class ItemRecord:
+    """Scores of one benchmark item under one seed."""
+
+    key: str
+    category: str
+    group: str
+    seed: int
+    instruction: str
+    clip_text: str | None
+    output: str
+    """Edited image, relative to the report directory."""
+    input: str | None = None
+    """Input image as given to the editor (256 px copy), relative to the report directory."""
+    psnr: float | None = None
+    ssim: float | None = None
+    lpips: float | None = None
+    clip: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Aggregate:
+    """Means over (item, seed) records with a value; ``missing`` counts records without one, per metric."""
+
+    n: int
+    psnr: float | None = None
+    ssim: float | None = None
+    lpips: float | None = None
+    clip: float | None = None
+    ins_align: float | None = None
+    missing: dict[str, int] = field(default_factory=dict)
+
+
+def aggregate(records: list[ItemRecord]) -> Aggregate:
+    agg = Aggregate(n=len(records))
+    for metric in METRICS:
+        values = [getattr(r, metric) for r in records if getattr(r, metric) is not None]
+        setattr(agg, metric, statistics.fmean(values) if values else None)
+        if len(values) < len(records):
+            agg.missing[metric] = len(records) - len(values)
+    return agg
+
+
+@dataclass
+class EvaluationReport:
+    protocol: str
+    model: str
+    benchmark: str
+    seeds: list[int]
+    records: list[ItemRecord]
+    categories: dict[str, Aggregate] = field(default_factory=dict)
+    groups: dict[str, Aggregate] = field(default_factory=dict)
+    seed_std: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per group: standard deviation across seeds of the per-seed means (only with two or more seeds)."""
+    flags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    format: str = REPORT_FORMAT
+
+    @classmethod
+    def from_records(cls, records: list[ItemRecord], **kwargs: Any) -> EvaluationReport:
+        report = cls(records=records, **kwargs)
+        report.recompute()
+        return report
+
+    def recompute(self) -> None:
+        """Fill categories, groups and seed_std from the records (keeps Ins-align figures already set)."""
+        ins = {g: a.ins_align for g, a in self.groups.items()}
+        ins_cat = {c: a.ins_align for c, a in self.categories.items()}
+        by_cat: dict[str, list[ItemRecord]] = {}
+        by_group: dict[str, list[ItemRecord]] = {}
+        for r in self.records:
+            by_cat.setdefault(r.category, []).append(r)
+            by_group.setdefault(r.group, []).append(r)
+        self.categories = {c: aggregate(rs) for c, rs in by_cat.items()}
+        self.groups = {g: aggregate(rs) for g, rs in by_group.items()}
+        for name, agg in self.categories.items():
+            agg.ins_align = ins_cat.get(name)
+        for name, agg in self.groups.items():
+            agg.ins_align = ins.get(name)
+        self.seed_std = {}
+        if len(self.seeds) > 1:
+            for group, rs in by_group.items():
+                per_seed = [aggregate([r for r in rs if r.seed == s]) for s in self.seeds]
+                self.seed_std[group] = {
+                    m: statistics.stdev(vals)
+                    for m in METRICS
+                    if len(vals := [getattr(a, m) for a in per_seed if getattr(a, m) is not None]) > 1
+                }
+
+    def set_ins_align(self, groups: dict[str, float | None], categories: dict[str, float | None]) -> None:
+        for name, value in groups.items():
+            if name in self.groups:
+                self.groups[name].ins_align = value
+        for name, value in categories.items():
+            if name in self.categories:
+                self.categories[name].ins_align = value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write_json(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read_json(cls, path: Path | str) -> EvaluationReport:
+        path = Path(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != REPORT_FORMAT:
+            raise ValueError(f"{path}: field 'format' is {data.get('format')!r}, expected {REPORT_FORMAT!r}")
+        data["records"] = [ItemRecord(**r) for r in data["records"]]
+        data["categories"] = {k: Aggregate(**v) for k, v in data["categories"].items()}
+        data["groups"] = {k: Aggregate(**v) for k, v in data["groups"].items()}
+        return cls(**data)
+
+    def to_markdown(self, paper: PaperTable | None = None) -> str:
+        paper = paper if paper is not None else load_paper_table()
+        lines = [
+            f"# Reason-Edit evaluation — protocol `{self.protocol}`",
+            "",
+            f"- model: `{self.model}`",
+            f"- benchmark: `{self.benchmark}` ({len({r.key for r in self.records})} items, seeds {self.seeds})",
+        ]
+        lines += [f"- **note:** {flag}" for flag in self.flags]
+        header = ["Method", "Protocol"] + [f"{g[0].upper()} {METRIC_TITLES[m]}" for g in GROUPS for m in TABLE_METRICS]
+        lines += [
+            "",
+            f"## Table 1 (U = understanding, R = reasoning; paper rows: {paper.source}, protocol `{paper.protocol}`)",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for row in paper.rows:
+            cells = [f"{row.method} (paper)", f"paper ({paper.protocol})"]
+            cells += [_fmt(getattr(getattr(row, g), m), m) for g in GROUPS for m in TABLE_METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+        ours = [f"**ours: {Path(self.model).name or self.model}**", f"**{self.protocol}**"]
+        for g in GROUPS:
+            agg = self.groups.get(g)
+            ours += [_fmt(getattr(agg, m) if agg else None, m) for m in TABLE_METRICS]
+        lines.append("| " + " | ".join(ours) + " |")
+        if self.seed_std:
+            lines += ["", "Standard deviation across seeds: " + "; ".join(
+                f"{g}: " + ", ".join(f"{m} {v:.3f}" for m, v in stds.items()) for g, stds in self.seed_std.items()
+            )]
+        cat_header = ["Category", "Group", "n"] + [METRIC_TITLES[m] for m in TABLE_METRICS]
+        lines += ["", "## Per category", "", "| " + " | ".join(cat_header) + " |", "|" + "---|" * len(cat_header)]
+        group_of = {r.category: r.group for r in self.records}
+        for name, agg in self.categories.items():
+            cells = [name, group_of.get(name, ""), str(agg.n)] + [_fmt(getattr(agg, m), m) for m in TABLE_METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+        missing = {c: a.missing for c, a in self.categories.items() if a.missing}
+        if missing:
+            lines += ["", "Records without a value (n/a columns or undefined items, see notes in report.json): "
+                      + "; ".join(f"{c}: {m}" for c, m in missing.items())]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}"  # three decimals for every metric, as Table 1 prints them
