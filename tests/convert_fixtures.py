@@ -99,7 +99,7 @@ def _instances() -> dict:
          "segmentation": [[2.5, 3.0, 20.2, 4.1, 15.7, 25.3], _poly(25, 5, 38.6, 12.4)]},  # two parts
         {"id": 12, "image_id": 1, "category_id": 3, "iscrowd": 0, "segmentation": [_poly(1, 1, 10, 10)]},
         {"id": 21, "image_id": 2, "category_id": 1, "iscrowd": 1,
-         "segmentation": {"size": [h2, w2], "counts": [50, 30, 100, 40, 200]}},  # uncompressed RLE
+         "segmentation": {"size": [h2, w2], "counts": [50, 30, 100, 40, h2 * w2 - 220]}},  # uncompressed RLE
         {"id": 22, "image_id": 2, "category_id": 2, "iscrowd": 1, "segmentation": compressed},
         {"id": 31, "image_id": 3, "category_id": 5, "iscrowd": 0, "segmentation": [[3.2, 3.3, 28.9, 6.1, 12.4, 30.7, 2.0, 20.0]]},
         {"id": 41, "image_id": 4, "category_id": 1, "iscrowd": 0, "segmentation": [_poly(40, 40, 90, 80)]},  # outside
