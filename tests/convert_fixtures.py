@@ -69,7 +69,10 @@ def _cocostuff(root: Path, fx: FixtureSet) -> None:
     (images / "train2017" / f"{202:012d}.jpg").write_bytes(jpeg(30, 20, 202))
     (maps / "train2017" / f"{202:012d}.png").write_bytes(png(np.zeros((21, 30), np.uint8)))
     (images / "train2017" / f"{203:012d}.jpg").write_bytes(jpeg(30, 20, 203))
-    (maps / "train2017" / f"{203:012d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    broken = bytearray(png(rng.choice(values, (20, 30)).astype(np.uint8)))
+    idat = broken.find(b"IDAT")
+    broken[idat + 8] ^= 0xFF  # flip a byte of the compressed data: the chunk CRC no longer matches
+    (maps / "train2017" / f"{203:012d}.png").write_bytes(bytes(broken))
     (images / "train2017" / f"{204:012d}.jpg").write_bytes(jpeg(30, 20, 204)[:-300])
     (maps / "train2017" / f"{204:012d}.png").write_bytes(png(np.zeros((20, 30), np.uint8)))
     (images / "val2017" / f"{301:012d}.jpg").write_bytes(jpeg(20, 16, 301))

@@ -93,6 +93,10 @@ def probe_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     if not data:
         raise RejectError("image_truncated", f"{name}: file is empty")
+    # Structure first: a file cut short inside its headers would otherwise read as "corrupt".
+    magic = "JPEG" if data[:2] == b"\xff\xd8" else "PNG" if data[:8] == b"\x89PNG\r\n\x1a\n" else ""
+    if magic:
+        _check_structure(data, magic, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
@@ -111,7 +115,6 @@ def probe_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         )
     if width < 1 or height < 1:
         raise RejectError("image_corrupt", f"{name}: empty image {width}x{height}")
-    _check_structure(data, fmt, name)
     orientation = 1
     if fmt == "JPEG":
         try:
