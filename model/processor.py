@@ -19,15 +19,16 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-def pil_to_unit_range(image: Image.Image, size: int):
-    """PIL → (3, size, size) float tensor in [-1, 1] (bicubic resize when the size differs)."""
+def pil_to_unit_range(image: Image.Image, size: int | tuple[int, int]):
+    """PIL → (3, H, W) float tensor in [-1, 1]; size is S or (H, W) (bicubic resize when the size differs)."""
     import numpy as np
     import torch
     from PIL import Image as PILImage
 
+    height, width = (size, size) if isinstance(size, int) else size
     image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), PILImage.BICUBIC)
+    if image.size != (width, height):
+        image = image.resize((width, height), PILImage.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
 

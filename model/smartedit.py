@@ -282,22 +282,22 @@ def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> Sma
         parts = _load_components(config)
     llava, tokenizer, image_processor = parts["llava"], parts["tokenizer"], parts["image_processor"]
     img_ids = add_img_tokens(tokenizer, config)
-    vocab = llava.get_input_embeddings().weight.shape[0]
-    if vocab < len(tokenizer):
-        llava.resize_token_embeddings(len(tokenizer))
-    llava.requires_grad_(False)
-    if config.lora is not None and not for_inference:
-        llava = wrap_with_lora(llava, config, img_ids)
-    llava_cfg = SmartEditLLaVA.inner(llava).config
-    llm_width = llava_cfg.text_config.hidden_size
-    vision_width = llava_cfg.vision_config.hidden_size
     unet = widen_conv_in(parts["unet"])
     ctx_dim = unet.config.cross_attention_dim
     if config.qformer.hidden_size != ctx_dim:
         raise ValueError(f"qformer.hidden_size={config.qformer.hidden_size} must equal the UNet's cross_attention_dim "
                          f"{ctx_dim} (SD-1.5: 768)")
+    # Everything initialised here (new rows, LoRA, QFormer, BIM) depends only on config.seed, not on global RNG.
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
+        if llava.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            llava.resize_token_embeddings(len(tokenizer))
+        llava.requires_grad_(False)
+        if config.lora is not None and not for_inference:
+            llava = wrap_with_lora(llava, config, img_ids)
+        llava_cfg = SmartEditLLaVA.inner(llava).config
+        llm_width = llava_cfg.text_config.hidden_size
+        vision_width = llava_cfg.vision_config.hidden_size
         if config.qformer_dir is not None:
             qformer = QFormer.from_pretrained(config.qformer_dir)
         else:
