@@ -196,3 +196,12 @@ def load_checkpoint(path: Path | str, *, optimizer, scheduler, accelerator=None)
     else:
         log.warning("%s: no RNG state for rank %d (saved with fewer ranks?); RNG continues unseeded from checkpoint", path, rank)
     return read_state(path)
+
+
+def save_pipeline(model, path: Path | str) -> Path:
+    """Write the trained model as a SmartEditPipeline directory (model/pipeline.py), loadable with from_pretrained."""
+    from model.pipeline import SmartEditPipeline
+
+    path = Path(path)
+    SmartEditPipeline(model).save_pretrained(str(path))
+    return path

@@ -1,0 +1,267 @@
+"""Typed training configuration for the two SmartEdit stages, with named presets (REFERENCE §2).
+
+Usage::
+
+    from model.train_config import get_train_preset
+    cfg = get_train_preset(2, "tiny", manifests=["shards/magicbrush-train/shardindex.json"], output_dir="runs/t")
+    cfg = TrainConfig.from_yaml("configs/stage2.yaml")           # `preset:` + `stage:` + field overrides
+
+    # YAML (for `accelerate launch -m model.train_stage2 --config stage2.yaml`):
+    #   stage: 2
+    #   preset: 7b
+    #   model: {llava_dir: ckpt/llava-7b-hf, unet_dir: ckpt/instructdiffusion/unet, vae_dir: ckpt/sd15/vae,
+    #           clip_text_dir: ckpt/clip-vit-large-patch14}
+    #   manifests: [shards/magicbrush-train/shardindex.json, ...]
+    #   output_dir: runs/stage2-7b
+    #   init_from: runs/stage1-7b/checkpoints/step-00150000
+
+Paper values are the defaults; the official code's differing values are the `-code` presets.
+Nothing heavy is imported here: the CLI, the flow and the recipes read it at startup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Precision = Literal["auto", "no", "bf16", "fp16"]
+Scheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
+
+DEFAULT_MIXTURE = str(Path(__file__).resolve().parents[1] / "data_specs" / "mixture.yaml")
+
+
+@dataclass
+class TrainConfig:
+    """One training run of one stage."""
+
+    stage: Literal[1, 2] = 2
+    """1: alignment on caption text (new token rows + QFormer); 2: joint on the mixture (LoRA, rows, QFormer, BIM, UNet)."""
+    preset: str = "tiny"
+    """Model preset for model.config.get_preset: tiny, 7b, 13b, 7b-official, 13b-official."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the model config (checkpoint directories, lora, bim.variant, ...)."""
+    manifests: list[str] = field(default_factory=list)
+    """shardindex.json paths (or dataset dirs). Stage 1: caption datasets; stage 2: the mixture's sources."""
+    mixture_spec: str = DEFAULT_MIXTURE
+    """Stage 2: the mixture tree (data_specs/mixture.yaml)."""
+    allow_missing_sources: bool = False
+    """Stage 2: drop mixture leaves without manifests (renormalising) instead of failing."""
+    output_dir: str = "runs/smartedit"
+    """Run directory: checkpoints/, tensorboard/, pipeline/, config.yaml."""
+    steps: int = 1000
+    """Optimizer steps (each = micro_batch_size × grad_accum × ranks samples)."""
+    micro_batch_size: int = 2
+    """Samples per rank per forward."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-5
+    """AdamW learning rate. Stage 1: 2e-4; stage 2: 1e-5."""
+    weight_decay: float = 1e-3
+    """AdamW weight decay. Stage 1: 0; stage 2: 0.001 (paper) / 0 (official code)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler: Scheduler = "constant_with_warmup"
+    """transformers.get_scheduler name."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping (None = off)."""
+    mixed_precision: Precision = "auto"
+    """auto: bf16 autocast on GPU, fp32 on CPU."""
+    gradient_checkpointing: bool | None = None
+    """None: the model config's choice (on for 7b/13b, off for tiny)."""
+    seed: int = 0
+    """Seeds torch/numpy/python and the mixture draws (with the rank)."""
+    num_workers: int = 0
+    """DataLoader workers per rank (draws do not depend on it)."""
+    checkpoint_every: int = 500
+    """Save every n optimizer steps (and at the end)."""
+    keep_last: int | None = 3
+    """Keep only the newest n checkpoints (None: keep all)."""
+    log_every: int = 10
+    """TensorBoard / log interval in optimizer steps."""
+    resume: str | None = None
+    """"latest" (newest checkpoint of output_dir, if any) or a checkpoint dir; None: start fresh."""
+    init_from: str | None = None
+    """Stage 2: a stage-1 checkpoint dir whose trainable weights (QFormer, token rows) initialise the model."""
+    save_pipeline: bool = True
+    """Write a SmartEditPipeline dir (output_dir/pipeline) at the end."""
+    cpu: bool = False
+    """Force CPU even when a GPU is present."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.stage not in (1, 2):
+            raise ValueError(f"TrainConfig.stage must be 1 or 2, got {self.stage!r}")
+        for name in ("steps", "micro_batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"TrainConfig: lr must be > 0 and weight_decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.mixed_precision {self.mixed_precision!r}: choose auto, no, bf16 or fp16")
+        if self.lr_scheduler not in ("constant", "constant_with_warmup", "cosine", "linear"):
+            raise ValueError(f"TrainConfig.lr_scheduler {self.lr_scheduler!r}: choose constant, constant_with_warmup, cosine, linear")
+        if self.init_from and self.stage != 2:
+            raise ValueError("TrainConfig.init_from is a stage-2 option (start from a stage-1 checkpoint)")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(f"TrainConfig.keep_last must be >= 1 or None, got {self.keep_last}")
+
+    @property
+    def global_batch_per_rank(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hparams(self) -> dict[str, Any]:
+        """Flat scalars and strings (what TensorBoard's hparams accept)."""
+        return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.to_dict().items()}
+
+    def resolved_mixed_precision(self) -> str:
+        """``auto`` → bf16 on a GPU, no (fp32) on CPU."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        import torch
+
+        return "bf16" if torch.cuda.is_available() and not self.cpu else "no"
+
+    def model_config(self):
+        """The SmartEditConfig this run builds: the model preset, the stage, ``model`` overrides."""
+        from model.config import get_preset
+
+        overrides = dict(self.model)
+        if self.gradient_checkpointing is not None:
+            overrides["gradient_checkpointing"] = self.gradient_checkpointing
+        return get_preset(self.preset, stage=self.stage, **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A preset (``stage`` + ``preset`` keys) with the remaining keys as overrides; unknown keys are an error."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        stage = int(data.pop("stage", 2))
+        preset = str(data.pop("preset", "tiny"))
+        return get_train_preset(stage, preset, **data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{path}: training config not found") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a training config is a mapping of TrainConfig fields, got {type(raw).__name__}")
+        try:
+            return cls.from_dict(raw)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _stage1(**kw: Any) -> dict[str, Any]:
+    # REFERENCE §2: AdamW lr 2e-4, wd 0; 150k steps at global batch 128.
+    return {"stage": 1, "lr": 2e-4, "weight_decay": 0.0, "steps": 150_000, "micro_batch_size": 16, "grad_accum": 1,
+            "warmup_steps": 1000, **kw}
+
+
+def _stage2(weight_decay: float, **kw: Any) -> dict[str, Any]:
+    # REFERENCE §2: AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The code's 5k (no BIM) + 15k (BIM)
+    # is two runs: the first with model={"bim": {"variant": "plain"}}, the second with init_from its checkpoint.
+    return {"stage": 2, "lr": 1e-5, "weight_decay": weight_decay, "steps": 20_000, "micro_batch_size": 2,
+            "grad_accum": 8, "warmup_steps": 500, **kw}
+
+
+_TINY = {"steps": 4, "micro_batch_size": 2, "grad_accum": 1, "warmup_steps": 0, "checkpoint_every": 2,
+         "log_every": 1, "lr_scheduler": "constant", "cpu": True}
+
+TRAIN_PRESETS: dict[tuple[int, str], dict[str, Any]] = {
+    (1, "tiny"): _stage1(preset="tiny", **_TINY),
+    (2, "tiny"): _stage2(1e-3, preset="tiny", **_TINY),
+    (1, "7b"): _stage1(preset="7b"),
+    (1, "13b"): _stage1(preset="13b"),
+    (2, "7b"): _stage2(1e-3, preset="7b"),
+    (2, "13b"): _stage2(1e-3, preset="13b"),
+    (2, "7b-code"): _stage2(0.0, preset="7b-official"),
+    (2, "13b-code"): _stage2(0.0, preset="13b-official"),
+}
+
+
+def get_train_preset(stage: int, name: str, **overrides: Any) -> TrainConfig:
+    """The preset for (stage, name) with field overrides. ``name`` is a training preset name (``7b-code``) or the
+    model preset it uses (``7b-official``), so a saved config.yaml loads back. Unknown names list the choices."""
+    key = (int(stage), name)
+    if key not in TRAIN_PRESETS:
+        key = next((k for k, v in TRAIN_PRESETS.items() if k[0] == int(stage) and v["preset"] == name), key)
+    if key not in TRAIN_PRESETS:
+        choices = sorted(n for s, n in TRAIN_PRESETS if s == int(stage))
+        raise ValueError(f"no stage-{stage} training preset {name!r}; choose one of {choices}")
+    values = {**TRAIN_PRESETS[key], **overrides}
+    return TrainConfig(**values)
+
+
+@dataclass
+class RunResult:
+    """What a training run returns (small and JSON-able: no tensors)."""
+
+    run_dir: str
+    """The run's output directory."""
+    stage: int
+    """1 or 2."""
+    steps: int
+    """Optimizer steps completed (the run's final step)."""
+    start_step: int
+    """Step the run started from (0, or the resumed checkpoint's step)."""
+    final: dict[str, float]
+    """Losses of the last optimizer step (loss, lm_loss, and align_loss or diffusion_loss), plus lr."""
+    history: list[dict[str, float]]
+    """One dict per optimizer step of this run: step, losses, lr."""
+    checkpoint: str | None
+    """The last checkpoint written (None if none)."""
+    pipeline_dir: str | None
+    """The SmartEditPipeline directory written at the end (None if not saved)."""
+    tensorboard_dir: str
+    """Where the TensorBoard event files are."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_cli(argv: list[str] | None = None, stage: int = 2) -> TrainConfig:
+    """The recipes' command line: ``--config run.yaml`` plus a few overrides; without a file, ``--preset``."""
+    parser = argparse.ArgumentParser(description=f"SmartEdit stage-{stage} training")
+    parser.add_argument("--config", help="YAML of TrainConfig fields (with `preset:`)")
+    parser.add_argument("--preset", default=None, help="training preset when no --config (tiny, 7b, 13b, 7b-code, ...)")
+    parser.add_argument("--manifest", action="append", default=None, help="a shardindex.json (repeatable)")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint dir")
+    if stage == 2:
+        parser.add_argument("--init-from", default=None, help="stage-1 checkpoint dir")
+        parser.add_argument("--allow-missing-sources", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {
+        "manifests": args.manifest, "output_dir": args.output_dir, "steps": args.steps, "resume": args.resume,
+        "init_from": getattr(args, "init_from", None),
+        "allow_missing_sources": True if getattr(args, "allow_missing_sources", False) else None,
+    }.items() if v is not None}
+    if args.config:
+        base = TrainConfig.from_yaml(args.config).to_dict()
+        given = int(base.pop("stage"))
+        if given != stage:
+            parser.error(f"{args.config} has stage: {given}; this is the stage-{stage} recipe")
+        return get_train_preset(stage, base.pop("preset"), **{**base, **overrides})
+    return get_train_preset(stage, args.preset or "tiny", **overrides)
