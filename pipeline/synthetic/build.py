@@ -1,0 +1,289 @@
+"""The synthetic build, end to end, without Prefect (the flow and the CLI call these).
+
+1. `plan_build`: the cheap stages over the input images, in a seeded order, until every scenario's quota
+   is met: leakage guard → scene analysis → scenario selection → operation and instructions. The jobs and
+   the drops go to ``plan.json`` (written once; a rerun with the same parameters reuses it).
+2. `build_shard`: shard i takes plan entries [i·shard_size, (i+1)·shard_size) through paraphrase → masks →
+   mask area → editor → quality filters → samples, written by the shared atomic writer (skipped when its
+   completion marker exists, so a killed build resumes where it stopped and gives the same bytes).
+3. `finalize_build`: manifest (with per-stage yields), SmartEdit JSON export, contact sheet, data card.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.convert import ShardPlan, plan_shards
+from pipeline.manifest import finalize_dataset
+from pipeline.provenance import Provenance, spec_hash
+from pipeline.records import Reject, Sample
+from pipeline.synthetic.colour_naming import load_colour_table
+from pipeline.synthetic.config import REASON_EDIT_FOLDERS, SCENARIOS, SyntheticConfig
+from pipeline.synthetic.editors import InpaintEditor, LabEditor, apply_edits
+from pipeline.synthetic.filters import filter_edits, filter_mask_area
+from pipeline.synthetic.instructions import EditJob, load_templates, plan_edits
+from pipeline.synthetic.knowledge import load_knowledge
+from pipeline.synthetic.leakage import guard_leakage, load_eval_hashes
+from pipeline.synthetic.masks import SamMasker, load_sam, refine_masks
+from pipeline.synthetic.pair import EditPair, load_pairs
+from pipeline.synthetic.paraphrase import LlmParaphraser, add_paraphrases
+from pipeline.synthetic.scenarios import Quota, scenario_rng, select_targets
+from pipeline.synthetic.scene import load_index, resolve_inputs
+from pipeline.writer import atomic_write_text, write_shard
+
+log = logging.getLogger(__name__)
+
+PLAN_NAME = "plan.json"
+DATASET_NAME = "synthetic"
+PLAN_STAGES = ("leakage_guard", "scene_analysis", "scenario_selection", "instructions")
+SHARD_STAGES = ("paraphrase", "load", "masks", "mask_area", "editor", "quality_filters")
+
+
+class BuildInputs(BaseModel):
+    """Where the scenes come from: a sample-data directory, or a COCO annotation JSON (+ its image folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str
+    images: str | None = None
+    splits: list[str] = Field(default_factory=list)
+
+
+class StageCounter:
+    """Items in and out of each stage (Rejects passing through are not counted): the per-stage yields."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def wrap(self, name: str, stage: Callable[..., Iterator], items: Iterable, *args, **kwargs) -> Iterator:
+        counts = self.counts.setdefault(name, {"in": 0, "out": 0})
+
+        def counted(source: Iterable) -> Iterator:
+            for item in source:
+                if not isinstance(item, Reject):
+                    counts["in"] += 1
+                yield item
+
+        for item in stage(counted(items), *args, **kwargs):
+            if not isinstance(item, Reject):
+                counts["out"] += 1
+            yield item
+
+
+def build_spec(cfg: SyntheticConfig, inputs: BuildInputs) -> dict[str, Any]:
+    return {"config": cfg.model_dump(mode="json"), "inputs": inputs.model_dump(mode="json")}
+
+
+def plan_path(output: Path | str) -> Path:
+    return Path(output) / PLAN_NAME
+
+
+def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) -> dict[str, Any]:
+    """Write (or reuse) ``output/plan.json``: the ordered jobs and planning drops; returns it."""
+    output = Path(output)
+    spec = build_spec(cfg, inputs)
+    digest = spec_hash(spec)
+    path = plan_path(output)
+    if path.exists():
+        plan = json.loads(path.read_text())
+        if plan.get("spec_hash") != digest:
+            raise ValueError(f"{path}: planned with other parameters (spec_hash {plan.get('spec_hash', '?')[:12]} "
+                             f"≠ {digest[:12]}); use a new output directory or delete it to rebuild")
+        return plan
+    splits, scenes = resolve_inputs(inputs.input, inputs.images, inputs.splits)
+    mirror = tuple(cfg.mirror_categories)
+    indexes = {str(s.annotations): load_index(str(s.annotations), str(s.images), s.split, mirror,
+                                              str(scenes) if scenes else None) for s in splits}
+    records = [r for index in indexes.values() for r in index.records()]
+    order = scenario_rng(cfg.seed, "image-order").permutation(len(records))
+    ordered = [records[i] for i in order]
+    hashes = load_eval_hashes(tuple(cfg.eval_sets))
+    knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
+    quota = Quota({s: int(cfg.scenarios.get(s, 0)) for s in SCENARIOS})
+
+    from pipeline.synthetic.scene import analyse_scenes
+
+    counter = StageCounter()
+    items: Iterator = counter.wrap("leakage_guard", guard_leakage, ordered, hashes, cfg.phash_max_distance)
+    items = counter.wrap("scene_analysis", analyse_scenes, items, indexes, colours, cfg.colour_min_share)
+    items = counter.wrap("scenario_selection", select_targets, items, cfg, knowledge, quota)
+    items = counter.wrap("instructions", plan_edits, items, cfg, knowledge, colours, templates)
+    entries = [{"reject": it.to_json()} if isinstance(it, Reject) else {"job": it.to_json()} for it in items]
+    plan = {
+        "spec_hash": digest, "spec": spec, "scenes_json": str(scenes) if scenes else None,
+        "sources": [str(s.annotations) for s in splits], "images_available": len(records),
+        "entries": entries, "yields": counter.counts, "planned_by_scenario": quota.taken,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan, indent=1, ensure_ascii=False))
+    log.info("planned %d jobs (%s) from %d images", sum(quota.taken.values()), quota.taken,
+             counter.counts.get("leakage_guard", {}).get("in", 0))
+    return plan
+
+
+def shard_plans(plan: dict[str, Any], cfg: SyntheticConfig) -> list[ShardPlan]:
+    return plan_shards(DATASET_NAME, len(plan["entries"]), cfg.shard_size)
+
+
+@dataclass
+class Models:
+    masker: SamMasker | None
+    editor: LabEditor | InpaintEditor
+    clip: Any
+    paraphraser: LlmParaphraser | None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_models(models_json: str) -> Models:
+    """One set of models per process and configuration (shard tasks in a worker reuse them)."""
+    cfg = SyntheticConfig.model_validate_json(models_json)
+    colours = load_colour_table()
+    masker = None
+    if cfg.sam_checkpoint:
+        sam = load_sam(cfg.sam_type, cfg.sam_checkpoint, cfg.sam_arch, cfg.device)
+        arch = "custom" if cfg.sam_arch else cfg.sam_type
+        masker = SamMasker(sam, f"sam-{arch}:{Path(cfg.sam_checkpoint).name}")
+    if cfg.inpaint_dir:
+        editor: LabEditor | InpaintEditor = InpaintEditor(cfg.inpaint_dir, colours, cfg.device, cfg.inpaint_resolution,
+                                                          cfg.inpaint_steps, cfg.guidance_scale, cfg.recolour_with)
+    else:
+        editor = LabEditor(colours)
+    clip = None
+    if cfg.clip_dir:
+        from pipeline.synthetic.clip_direction import ClipDirection
+
+        clip = ClipDirection(cfg.clip_dir, cfg.device)
+    paraphraser = LlmParaphraser(cfg.llm_dir, cfg.device, cfg.llm_max_new_tokens) if cfg.llm_dir else None
+    return Models(masker, editor, clip, paraphraser)
+
+
+def load_models(cfg: SyntheticConfig) -> Models:
+    return _load_models(cfg.model_dump_json())
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def to_samples(pairs: Iterable[EditPair | Reject], cfg: SyntheticConfig, kept: dict[str, dict[str, int]],
+               llm_id: str | None = None) -> Iterator[Sample | Reject]:
+    """EditPair → edit_pair Sample (src.png, tgt.png, mask.png = the edit mask, json); counts kept pairs."""
+    for pair in pairs:
+        if isinstance(pair, Reject):
+            yield pair
+            continue
+        job = pair.job
+        meta = {
+            "kind": "edit_pair", "source": "synthetic", "split": job.split,
+            "source_id": f"{job.split}/{job.file_name}#{job.target['ann_id']}",
+            "instruction": job.instructions[0], "instructions": list(job.instructions),
+            "scenario": job.scenario, "reason_edit_category": REASON_EDIT_FOLDERS[job.scenario],
+            "operation": job.operation, "referent": job.referent, "selector": job.selector, "target": job.target,
+            "new_object": job.new_object, "new_colour": job.new_colour, "target_description": job.target_description,
+            "prompt": job.prompt, "llm_paraphrases": list(job.paraphrased_by_llm),
+            "seeds": {"build": cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
+            "models": {"editor": pair.models.get("editor"), "sam": pair.models.get("sam"),
+                       "inpaint": pair.models.get("inpaint"), "clip": pair.models.get("clip"),
+                       "llm": llm_id},
+            "scores": pair.scores, "image_size": [job.width, job.height],
+        }
+        kept["scenario"][job.scenario] = kept["scenario"].get(job.scenario, 0) + 1
+        kept["operation"][job.operation] = kept["operation"].get(job.operation, 0) + 1
+        yield Sample(job.key, meta, {"src.png": _png(pair.source), "tgt.png": _png(pair.target),
+                                     "mask.png": _png(pair.edit_mask.astype(np.uint8) * 255)})
+
+
+def shard_items(entries: list[dict[str, Any]], cfg: SyntheticConfig, models: Models, scenes_json: str | None,
+                counter: StageCounter, kept: dict[str, dict[str, int]]) -> Iterator[Sample | Reject]:
+    """The per-shard stages over planned entries (jobs and planning drops, in plan order)."""
+    jobs = (Reject(**e["reject"]) if "reject" in e else EditJob.from_json(e["job"]) for e in entries)
+    items: Iterator = counter.wrap("paraphrase", add_paraphrases, jobs, models.paraphraser, load_templates())
+    items = counter.wrap("load", load_pairs, items, tuple(cfg.mirror_categories), scenes_json)
+    items = counter.wrap("masks", refine_masks, items, models.masker, cfg.sam_min_iou, cfg.dilate_px)
+    items = counter.wrap("mask_area", filter_mask_area, items, cfg)
+    items = counter.wrap("editor", apply_edits, items, models.editor, cfg.batch_size)
+    items = counter.wrap("quality_filters", filter_edits, items, cfg, models.clip)
+    return to_samples(items, cfg, kept, models.paraphraser.model_id if models.paraphraser else None)
+
+
+def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> dict[str, Any]:
+    """Write planned shard ``shard_index`` (skipped when complete); returns a small summary."""
+    output = Path(output)
+    plan = json.loads(plan_path(output).read_text())
+    shard = shard_plans(plan, cfg)[shard_index]
+    counter, kept = StageCounter(), {"scenario": {}, "operation": {}}
+    # The writer serialises `extra` after consuming the items, so the counters filled meanwhile are recorded.
+    extra = {"yields": counter.counts, "kept_by_scenario": kept["scenario"], "kept_by_operation": kept["operation"]}
+    models = None
+
+    def items() -> Iterator[Sample | Reject]:
+        nonlocal models
+        models = load_models(cfg)  # only when the shard is not already complete
+        yield from shard_items(plan["entries"][shard.start:shard.stop], cfg, models, plan.get("scenes_json"), counter, kept)
+
+    stats = write_shard(output / shard.name, items(), extra=extra)
+    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "sha256": stats.sha256}
+
+
+def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int = 16,
+                   export: bool = True) -> dict[str, Any]:
+    """Manifest with yields, SmartEdit JSON export, contact sheet and data card; returns paths and counts."""
+    from pipeline.synthetic.contact_sheet import contact_sheet
+    from pipeline.synthetic.data_card import data_card, merge_yields
+    from pipeline.synthetic.export import export_smartedit_json
+    from pipeline.writer import ShardStats, stats_path
+
+    output = Path(output)
+    plan = json.loads(plan_path(output).read_text())
+    shards = shard_plans(plan, cfg)
+    stats = [ShardStats.load(stats_path(output / s.name)) for s in shards if stats_path(output / s.name).exists()]
+    yields = merge_yields([plan["yields"]] + [s.extra.get("yields", {}) for s in stats], PLAN_STAGES + SHARD_STAGES)
+    kept_scenario: dict[str, int] = {}
+    kept_operation: dict[str, int] = {}
+    for s in stats:
+        for k, v in s.extra.get("kept_by_scenario", {}).items():
+            kept_scenario[k] = kept_scenario.get(k, 0) + v
+        for k, v in s.extra.get("kept_by_operation", {}).items():
+            kept_operation[k] = kept_operation.get(k, 0) + v
+    index = finalize_dataset(
+        output, name=DATASET_NAME, shard_names=[s.name for s in shards],
+        provenance=Provenance.now("synthetic", plan["spec"]),
+        extra={"yields": yields, "kept_by_scenario": kept_scenario, "kept_by_operation": kept_operation},
+    )
+    result: dict[str, Any] = {"output": str(output), "manifest": str(output / "shardindex.json"),
+                              "shards": len(shards), "kept": index["counts"]["kept"],
+                              "rejected": index["counts"]["rejected"], "kept_by_scenario": kept_scenario,
+                              "yields": yields}
+    if index["counts"]["kept"]:
+        if export:
+            result["smartedit_json"] = str(export_smartedit_json(output, output / "smartedit_json"))
+        result["contact_sheet"] = str(contact_sheet(output, output / "contact_sheet.png", n=sheet_pairs))
+    card = output / "DATA_CARD.md"
+    atomic_write_text(card, data_card(index, plan, yields, kept_scenario, kept_operation))
+    result["data_card"] = str(card)
+    return result
+
+
+def build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Plan, write every shard (resuming), finalise. The Prefect flow does the same with one task per shard."""
+    plan = plan_build(cfg, inputs, output)
+    shards = shard_plans(plan, cfg)
+    for i in range(len(shards)):
+        build_shard(cfg, output, i)
+        if progress:
+            progress(i + 1, len(shards))
+    return finalize_build(cfg, output)

@@ -1,0 +1,68 @@
+"""The markdown data card and the per-stage yield table of a synthetic build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.synthetic.config import REASON_EDIT_FOLDERS, SCENARIOS
+
+
+def merge_yields(parts: list[dict[str, dict[str, int]]], order: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Sum stage counters over shards; rows in pipeline order: {stage, in, out, yield}."""
+    total: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for stage, c in part.items():
+            t = total.setdefault(stage, {"in": 0, "out": 0})
+            t["in"] += c["in"]
+            t["out"] += c["out"]
+    names = [s for s in order if s in total] + sorted(s for s in total if s not in order)
+    return [{"stage": s, "in": total[s]["in"], "out": total[s]["out"],
+             "yield": round(total[s]["out"] / total[s]["in"], 4) if total[s]["in"] else None} for s in names]
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f} %"
+
+
+THRESHOLDS = ("position_margin", "size_ratio", "colour_min_share", "mask_min_area", "mask_max_area", "dilate_px",
+              "min_edit_strength", "background_tolerance", "clip_direction_min", "sam_min_iou", "phash_max_distance")
+
+
+def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str, Any]],
+              kept_by_scenario: dict[str, int], kept_by_operation: dict[str, int]) -> str:
+    cfg = plan["spec"]["config"]
+    inputs = plan["spec"]["inputs"]
+    counts = index["counts"]
+    lines = [
+        "# Synthetic edit pairs (SmartEdit complex understanding and reasoning)", "",
+        "Edit pairs for the six Reason-Edit categories, built from instance annotations: a target singled out by "
+        "position, size, colour, mirror, ordinal or world knowledge; replaced, removed or recoloured inside its mask; "
+        "the background pasted back bit-exactly.", "",
+        "## Sources", "",
+        f"- input: `{inputs['input']}`" + (f" (images `{inputs['images']}`)" if inputs.get("images") else ""),
+        *[f"- annotations: `{s}`" for s in plan.get("sources", [])],
+        f"- ground-truth scenes: `{plan['scenes_json']}`" if plan.get("scenes_json") else "- ground-truth scenes: none",
+        f"- evaluation sets kept out (pHash ≤ {cfg['phash_max_distance']} bits): "
+        + (", ".join(f"`{e}`" for e in cfg["eval_sets"]) or "none"),
+        f"- images available: {plan.get('images_available', '?')}; seed {cfg['seed']}", "",
+        "## Models", "",
+        f"- masks: {'SAM ' + cfg['sam_type'] + ' `' + cfg['sam_checkpoint'] + '`' if cfg.get('sam_checkpoint') else 'annotation masks'}",
+        f"- editor: {'inpainting `' + cfg['inpaint_dir'] + '`' if cfg.get('inpaint_dir') else 'CPU (CIELAB recolour, biharmonic removal)'}",
+        f"- CLIP direction filter: {'`' + cfg['clip_dir'] + '`' if cfg.get('clip_dir') else 'off'}",
+        f"- LLM paraphrases: {'`' + cfg['llm_dir'] + '`' if cfg.get('llm_dir') else 'off (templates only)'}", "",
+        "## Counts per scenario", "",
+        "| scenario | Reason-Edit folder | quota | planned | kept |", "|---|---|---|---|---|",
+        *[f"| {s} | {REASON_EDIT_FOLDERS[s]} | {cfg['scenarios'].get(s, 0)} | {plan.get('planned_by_scenario', {}).get(s, 0)} "
+          f"| {kept_by_scenario.get(s, 0)} |" for s in SCENARIOS],
+        "", "Kept per operation: " + (", ".join(f"{k} {v}" for k, v in sorted(kept_by_operation.items())) or "none"), "",
+        "## Yield per stage", "", "| stage | in | out | yield |", "|---|---|---|---|",
+        *[f"| {r['stage']} | {r['in']} | {r['out']} | {_percent(r['yield'])} |" for r in yields],
+        "", f"Records in {counts['in']}, kept {counts['kept']}, dropped {counts['rejected']}.", "",
+        "## Drops by reason", "", "| reason | count |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in counts["rejected_by_reason"].items()],
+        "", "Every drop, with its location and detail: `rejects.jsonl`.", "",
+        "## Thresholds", "", "| setting | value |", "|---|---|",
+        *[f"| {k} | {cfg[k]} |" for k in THRESHOLDS],
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""World knowledge for the reasoning scenario and for compatible replacements (data_specs/knowledge.yaml)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.schema import SPECS_DIR
+
+KNOWLEDGE_PATH = SPECS_DIR / "knowledge.yaml"
+
+
+@dataclass(frozen=True)
+class Kind:
+    noun: str  # generic noun in instructions: "the left animal"
+    replacements: tuple[str, ...]  # objects beyond COCO categories a member may become
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    categories: dict[str, tuple[str, ...]]  # category → world-knowledge descriptions
+    kind_of: dict[str, str]  # category → kind name
+    kinds: dict[str, Kind]
+
+    def descriptions(self, category: str) -> tuple[str, ...]:
+        if category not in self.categories:
+            raise ValueError(f"category {category!r} has no entry in {KNOWLEDGE_PATH}; add descriptions for it")
+        return self.categories[category]
+
+    def noun(self, category: str) -> str:
+        return self.kinds[self.kind_of[category]].noun
+
+    def replacements(self, category: str) -> list[str]:
+        """Objects of the same kind the category may be replaced by: other COCO categories, then the extras."""
+        kind = self.kind_of.get(category)
+        if kind is None:
+            raise ValueError(f"category {category!r} has no kind in {KNOWLEDGE_PATH}")
+        same = sorted(c for c, k in self.kind_of.items() if k == kind and c != category)
+        return same + [r for r in self.kinds[kind].replacements if r != category]
+
+
+@functools.cache
+def load_knowledge(path: Path = KNOWLEDGE_PATH) -> Knowledge:
+    doc = yaml.safe_load(Path(path).read_text())
+    kinds = {}
+    for name, spec in (doc.get("kinds") or {}).items():
+        if not spec.get("noun"):
+            raise ValueError(f"{path}: kinds.{name} needs a 'noun'")
+        kinds[name] = Kind(spec["noun"], tuple(spec.get("replacements") or ()))
+    categories, kind_of = {}, {}
+    for name, spec in (doc.get("categories") or {}).items():
+        descriptions = tuple(spec.get("descriptions") or ())
+        if len(descriptions) < 2:
+            raise ValueError(f"{path}: categories.{name}.descriptions needs at least two entries, has {len(descriptions)}")
+        if spec.get("kind") not in kinds:
+            raise ValueError(f"{path}: categories.{name}.kind is {spec.get('kind')!r}; expected one of {sorted(kinds)}")
+        categories[name] = descriptions
+        kind_of[name] = spec["kind"]
+    return Knowledge(categories, kind_of, kinds)

@@ -1,0 +1,98 @@
+"""Edit masks with SAM: the annotation box prompts `segment_anything.SamPredictor`; of its candidate masks
+the one that best overlaps the annotation is kept, then dilated for editing. Without a SAM checkpoint
+the annotation mask is used (recorded as ``mask_source``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.records import Reject
+from pipeline.synthetic.config import SamArch
+from pipeline.synthetic.pair import EditPair
+
+log = logging.getLogger(__name__)
+
+
+def load_sam(sam_type: str, checkpoint: str | Path, arch: SamArch | None = None, device: str = "cpu"):
+    """A `segment_anything.Sam` from an official checkpoint (vit_h/vit_l/vit_b), or from ``arch``.
+
+    Both go through segment_anything's builder (`sam_model_registry[type]` calls `_build_sam` with the
+    type's encoder sizes), so a custom checkpoint loads exactly as an official one does.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"sam_checkpoint {checkpoint} not found (e.g. sam_vit_h_4b8939.pth for vit_h)")
+    from segment_anything import sam_model_registry
+
+    if arch is None:
+        if sam_type not in sam_model_registry:
+            raise ValueError(f"sam_type {sam_type!r}: expected one of {sorted(sam_model_registry)}")
+        sam = sam_model_registry[sam_type](checkpoint=str(checkpoint))
+    else:
+        from segment_anything.build_sam import _build_sam  # the registry entries' own builder
+
+        sam = _build_sam(checkpoint=str(checkpoint), **arch.model_dump())
+    return sam.to(device).eval()
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W) bool mask grown by a disk of ``radius`` pixels."""
+    if radius <= 0:
+        return mask.copy()
+    from scipy.ndimage import binary_dilation
+    from skimage.morphology import disk
+
+    return binary_dilation(mask, structure=disk(radius))
+
+
+class SamMasker:
+    """Box-prompted SAM; the image embedding is computed once per image (consecutive pairs share it)."""
+
+    def __init__(self, sam, model_id: str):
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+        self.model_id = model_id
+        self._image_key: str | None = None
+
+    def segment(self, image_key: str, rgb: np.ndarray, box_xywh, reference: np.ndarray) -> tuple[np.ndarray, float]:
+        """(H, W) bool mask of the box's object, and its IoU with ``reference`` (the annotation mask)."""
+        if image_key != self._image_key:
+            self.predictor.set_image(rgb)
+            self._image_key = image_key
+        x, y, w, h = box_xywh
+        masks, _, _ = self.predictor.predict(box=np.array([x, y, x + w, y + h], dtype=np.float32), multimask_output=True)
+        ious = [mask_iou(m, reference) for m in masks]
+        best = int(np.argmax(ious))
+        return masks[best].astype(bool), ious[best]
+
+
+def refine_masks(pairs: Iterable[EditPair | Reject], masker: SamMasker | None, min_iou: float,
+                 dilate_px: int) -> Iterator[EditPair | Reject]:
+    for pair in pairs:
+        if isinstance(pair, Reject):
+            yield pair
+            continue
+        if masker is None:
+            pair.mask, pair.mask_source = pair.annotation_mask, "annotation"
+        else:
+            mask, iou = masker.segment(pair.job.image_path, pair.source, pair.job.target["bbox"], pair.annotation_mask)
+            pair.scores["sam_iou"] = round(iou, 4)
+            if iou < min_iou:
+                yield Reject(pair.job.location, "sam_low_iou",
+                             f"best SAM mask overlaps the annotation with IoU {iou:.3f} < {min_iou}")
+                continue
+            pair.mask, pair.mask_source = mask, "sam"
+            pair.models["sam"] = masker.model_id
+        pair.edit_mask = dilate(pair.mask, dilate_px)
+        yield pair

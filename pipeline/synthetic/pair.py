@@ -1,0 +1,48 @@
+"""An edit pair while it is being made: the planned job plus its pixels, masks, result and scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.records import Reject
+from pipeline.synthetic.instructions import EditJob
+from pipeline.synthetic.scene import load_index, read_rgb
+
+
+@dataclass
+class EditPair:
+    job: EditJob
+    source: np.ndarray  # (H, W, 3) uint8
+    annotation_mask: np.ndarray  # (H, W) bool
+    mask: np.ndarray | None = None  # (H, W) bool, the object (SAM or annotation)
+    edit_mask: np.ndarray | None = None  # (H, W) bool, mask dilated: pixels the editor may change
+    mask_source: str = ""  # "sam" or "annotation"
+    target: np.ndarray | None = None  # (H, W, 3) uint8
+    scores: dict[str, float] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pairs(jobs: Iterable[EditJob | Reject], mirror_categories: tuple[str, ...],
+               scenes: str | None) -> Iterator[EditPair | Reject]:
+    """EditJob → EditPair with the source pixels and the annotation mask (decoded again, not stored in the plan)."""
+    for job in jobs:
+        if isinstance(job, Reject):
+            yield job
+            continue
+        split_dir = str(Path(job.image_path).parent)
+        index = load_index(job.annotations, split_dir, job.split, mirror_categories, scenes)
+        ann = index.by_ann_id.get(job.target["ann_id"])
+        if ann is None:
+            yield Reject(job.location, "annotation_missing", f"annotation {job.target['ann_id']} not in {job.annotations}")
+            continue
+        try:
+            source = read_rgb(Path(job.image_path))
+        except OSError as err:
+            yield Reject(job.location, "image_unreadable", f"{job.image_path}: {err}")
+            continue
+        yield EditPair(job, source, index.mask(ann))

@@ -1,0 +1,208 @@
+"""Scenario and target selection for the six Reason-Edit categories.
+
+Per scene and scenario one candidate at most: a target object and how it is singled out (left/right/
+middle, bigger/smaller, its colour, in the mirror, ordinal position, or a world-knowledge description).
+Where the scenario applies but the pick would be ambiguous, the candidate becomes a `Reject` with the
+reason; where it does not apply (no two objects of a category, no mirror) nothing is yielded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.records import Reject
+from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
+from pipeline.synthetic.knowledge import Knowledge
+from pipeline.synthetic.scene import Scene, SceneObject
+
+
+def derived_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed from the build seed and parts (Python's hash() is salted per process)."""
+    text = "\x1f".join([str(seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def scenario_rng(seed: int, *parts: object) -> np.random.Generator:
+    return np.random.default_rng(derived_seed(seed, *parts))
+
+
+@dataclass
+class EditCandidate:
+    scene: Scene
+    scenario: str
+    target: SceneObject
+    selector: dict[str, Any]  # how the target is singled out: {"position": "left"}, {"size": "bigger"}, ...
+    same_kind_unique: bool  # no other object of the target's kind: its kind noun ("animal") is unambiguous
+    n_same_category: int
+
+
+@dataclass
+class Quota:
+    """Pairs still wanted per scenario; selection stops reading scenes once every quota is met."""
+
+    remaining: dict[str, int]
+    taken: dict[str, int] = field(default_factory=dict)
+
+    def open(self, scenario: str) -> bool:
+        return self.remaining.get(scenario, 0) > 0
+
+    def full(self) -> bool:
+        return not any(v > 0 for v in self.remaining.values())
+
+    def take(self, scenario: str) -> None:
+        self.remaining[scenario] -= 1
+        self.taken[scenario] = self.taken.get(scenario, 0) + 1
+
+
+Picked = tuple[SceneObject, dict[str, Any]] | Reject | None
+
+
+def _pick_category(groups: dict[str, list[SceneObject]], minimum: int, rng: np.random.Generator) -> str | None:
+    eligible = sorted(c for c, objs in groups.items() if len(objs) >= minimum)
+    return str(rng.choice(eligible)) if eligible else None
+
+
+def _gap_ok(scene: Scene, ordered: list[SceneObject], idx: int, cfg: SyntheticConfig) -> float:
+    """Smallest centroid-x gap between ordered[idx] and its neighbours, as a fraction of the image width."""
+    xs = [o.centroid[0] for o in ordered]
+    gaps = [abs(xs[idx] - xs[j]) for j in (idx - 1, idx + 1) if 0 <= j < len(xs)]
+    return min(gaps) / scene.record.width
+
+
+def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+    category = _pick_category(groups, 2, rng)
+    if category is None:
+        return None
+    ordered = sorted(groups[category], key=lambda o: o.centroid[0])
+    options = ["left", "right"] + (["middle"] if len(ordered) == 3 else [])
+    position = str(rng.choice(options))
+    idx = {"left": 0, "right": len(ordered) - 1, "middle": 1}[position]
+    gap = _gap_ok(scene, ordered, idx, cfg)
+    if gap < cfg.position_margin:
+        return Reject(where, "ambiguous_position",
+                      f"the {position} {category} is only {gap:.3f} of the width from the next one (margin {cfg.position_margin})")
+    return ordered[idx], {"position": position}
+
+
+def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+    category = _pick_category(groups, 2, rng)
+    if category is None:
+        return None
+    ordered = sorted(groups[category], key=lambda o: -o.area)
+    big = str(rng.choice(["large", "small"])) == "large"
+    target, runner_up = (ordered[0], ordered[1]) if big else (ordered[-1], ordered[-2])
+    ratio = max(target.area, runner_up.area) / max(1, min(target.area, runner_up.area))
+    if ratio < cfg.size_ratio:
+        return Reject(where, "size_ratio_too_small",
+                      f"{category} areas {target.area} and {runner_up.area} differ by {ratio:.2f}x < {cfg.size_ratio}")
+    word = ("bigger" if big else "smaller") if len(ordered) == 2 else ("biggest" if big else "smallest")
+    return target, {"size": word, "area_ratio": round(ratio, 3)}
+
+
+def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+    category = _pick_category(groups, 2, rng)
+    if category is None:
+        return None
+    objs = groups[category]
+    if any(o.colour is None for o in objs):
+        return Reject(where, "colour_uncertain", f"a {category} has no dominant colour (share < {cfg.colour_min_share})")
+    names = [o.colour for o in objs]
+    unique = [o for o in objs if names.count(o.colour) == 1]
+    if not unique:
+        return Reject(where, "colours_not_distinct", f"the {category}s share their colours: {sorted(names)}")
+    target = unique[int(rng.integers(len(unique)))]
+    return target, {"colour": target.colour}
+
+
+def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+    if not scene.mirrors:
+        return None
+    reflected: dict[str, list[SceneObject]] = {}
+    for obj in scene.objects:
+        if obj.in_mirror:
+            reflected.setdefault(obj.category, []).append(obj)
+    if not reflected:
+        return Reject(where, "no_object_in_mirror", "the scene has a mirror but no object box lies inside it")
+    single = sorted(c for c, objs in reflected.items() if len(objs) == 1)
+    if not single:
+        return Reject(where, "ambiguous_mirror", f"several reflected objects per category: {sorted(reflected)}")
+    return reflected[str(rng.choice(single))][0], {"mirror": True}
+
+
+def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+    category = _pick_category(groups, 3, rng)
+    if category is None:
+        return None
+    ordered = sorted(groups[category], key=lambda o: o.centroid[0])
+    n = len(ordered)
+    idx = int(rng.integers(n))
+    gap = _gap_ok(scene, ordered, idx, cfg)
+    if gap < cfg.position_margin:
+        return Reject(where, "ambiguous_position",
+                      f"{category} #{idx + 1} of {n} is only {gap:.3f} of the width from a neighbour (margin {cfg.position_margin})")
+    side, ordinal = ("left", idx + 1) if idx < (n + 1) // 2 else ("right", n - idx)
+    return ordered[idx], {"side": side, "ordinal": ordinal, "count": n}
+
+
+def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, knowledge: Knowledge | None = None) -> Picked:
+    counts: dict[str, int] = {}
+    for obj in scene.objects:  # reflections count: "the pet that purrs" must have one answer
+        counts[obj.category] = counts.get(obj.category, 0) + 1
+    single = sorted(c for c, n in counts.items() if n == 1 and knowledge is not None and c in knowledge.categories)
+    if not single:
+        return Reject(where, "reasoning_ambiguous", f"no category appears exactly once with knowledge: {counts}")
+    category = str(rng.choice(single))
+    target = next(o for o in scene.objects if o.category == category)
+    return target, {"knowledge": category}
+
+
+PICKERS: dict[str, Callable[..., Picked]] = {
+    "left_right": pick_left_right, "relative_size": pick_relative_size, "colour": pick_colour,
+    "mirror": pick_mirror, "multiple_objects": pick_multiple, "reasoning": pick_reasoning,
+}
+
+
+def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowledge: Knowledge,
+                   quota: Quota) -> Iterator[EditCandidate | Reject]:
+    """Scene → at most one candidate per open scenario; stops reading scenes when every quota is met."""
+    for scene in scenes:
+        if isinstance(scene, Reject):
+            yield scene
+            continue
+        crowded = scene.crowded()
+        groups = {c: objs for c, objs in scene.by_category().items() if c not in crowded and c in knowledge.categories}
+        for scenario in SCENARIOS:
+            if not quota.open(scenario):
+                continue
+            where = f"{scene.record.location}:{scenario}"
+            rng = scenario_rng(cfg.seed, scene.record.location, scenario)
+            kwargs = {"knowledge": knowledge} if scenario == "reasoning" else {}
+            picked = PICKERS[scenario](scene, groups, rng, cfg, where, **kwargs)
+            if picked is None:
+                continue
+            if isinstance(picked, Reject):
+                yield picked
+                continue
+            target, selector = picked
+            if target.category not in knowledge.categories:
+                continue  # no noun, descriptions or replacements for it (non-COCO category)
+            frac = target.area / (scene.record.width * scene.record.height)
+            if frac < cfg.mask_min_area or frac > cfg.mask_max_area:
+                reason = "mask_too_small" if frac < cfg.mask_min_area else "mask_too_large"
+                yield Reject(where, reason, f"target mask covers {frac:.4f} of the image, outside "
+                                            f"[{cfg.mask_min_area}, {cfg.mask_max_area}]")
+                continue
+            kind = knowledge.kind_of[target.category]
+            same_kind = [o for o in scene.objects if knowledge.kind_of.get(o.category) == kind
+                         and o.in_mirror == target.in_mirror]
+            unique_kind = all(o.category == target.category for o in same_kind)
+            quota.take(scenario)
+            yield EditCandidate(scene, scenario, target, selector, unique_kind,
+                                sum(o.category == target.category for o in scene.objects))
+        if quota.full():
+            return
