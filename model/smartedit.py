@@ -221,14 +221,21 @@ class SmartEditModel(nn.Module):
                                   device=device)
         noisy = self.noise_scheduler.add_noise(target, noise, timesteps)
         if self.training:
-            r = torch.rand(b, generator=generator, device=device)
-            drop_text = (r < self.config.text_drop_below).view(b, 1, 1)
-            context = torch.where(drop_text, self.null_text_embeds.to(context.dtype).expand_as(context), context)
-            lo, hi = self.config.image_drop_range
-            keep_image = ~((r >= lo) & (r < hi))
-            cond = cond * keep_image.view(b, 1, 1, 1).to(cond.dtype)
+            context, cond = self.cfg_dropout(context, cond, torch.rand(b, generator=generator, device=device))
         pred = self.predict_noise(noisy, timesteps, cond, context, spatial)
         return F.mse_loss(pred.float(), noise.float())
+
+    def cfg_dropout(
+        self, context: torch.Tensor, condition_latents: torch.Tensor, r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """InstructPix2Pix dropout given r (B,) ~ U(0,1): context (B, 77, D) → CLIP('') where r < text_drop_below;
+        condition latents (B, 4, h, w) → 0 where low <= r < high. Both for r in [low, text_drop_below)."""
+        b = r.shape[0]
+        drop_text = (r < self.config.text_drop_below).view(b, 1, 1)
+        context = torch.where(drop_text, self.null_text_embeds.to(context.dtype).expand_as(context), context)
+        lo, hi = self.config.image_drop_range
+        keep_image = ~((r >= lo) & (r < hi))
+        return context, condition_latents * keep_image.view(b, 1, 1, 1).to(condition_latents.dtype)
 
     def forward(
         self, batch: dict[str, torch.Tensor], stage: int | None = None, generator: torch.Generator | None = None
