@@ -218,7 +218,11 @@ class DrawSampler:
 def make_dataloader(dataset: MixtureDataset, *, batch_size: int, start: int = 0, num_workers: int = 0,
                     collate_fn: Callable | None = None):
     """A torch DataLoader over draws ``start, start+1, ...`` (not accelerate-prepared: ranks draw their own streams)."""
+    import torch
     from torch.utils.data import DataLoader
 
+    # Its own generator: creating the iterator would otherwise draw a base seed from the global torch RNG,
+    # shifting the model's RNG stream (CFG dropout, noise) between a fresh and a resumed run.
     return DataLoader(dataset, batch_size=batch_size, sampler=DrawSampler(start), num_workers=num_workers,
-                      collate_fn=collate_fn, persistent_workers=num_workers > 0)
+                      collate_fn=collate_fn, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(start))
