@@ -1,0 +1,160 @@
+"""`train`: run a SmartEdit training stage (model/train_stage1.py, model/train_stage2.py) as a Prefect flow.
+
+Thin: one task runs the recipe and returns a small summary dict; the flow publishes a markdown artifact
+(losses, steps, checkpoint, pipeline dir). On a GPU the task holds one slot of the `gpu` global concurrency
+limit for the whole run. Prefect 3.8.8 *skips* acquisition with only a warning when the limit does not exist
+(non-strict mode), so the task creates the limit if it is missing (one slot per visible GPU) and then acquires
+with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) take no slot.
+
+    prefect deployment run train/train -p preset=tiny -p stage=2 -p steps=4 \
+        -p manifests='["/data/shards/magicbrush-train/shardindex.json"]' -p output_dir=/data/runs/tiny
+    python -m flows.train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.common import artifact_key, markdown
+
+GPU_LIMIT = "gpu"
+
+
+def _ensure_gpu_limit(slots: int) -> None:
+    """Create the `gpu` global concurrency limit when it is missing (3.8.8 would otherwise skip acquisition)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            return
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=max(1, slots)))
+        except ObjectAlreadyExists:  # another run created it first
+            pass
+
+
+def _summary(result) -> dict[str, Any]:
+    return {
+        "run_dir": result.run_dir, "stage": result.stage, "steps": result.steps, "start_step": result.start_step,
+        "final": {k: float(v) for k, v in result.final.items()}, "checkpoint": result.checkpoint,
+        "pipeline_dir": result.pipeline_dir, "tensorboard_dir": result.tensorboard_dir,
+    }
+
+
+@task(task_run_name="train-stage{stage}", cache_policy=None)
+def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
+    """Run one stage in this process; return the run's summary (paths and final losses, no tensors)."""
+    import torch
+
+    from model.train_config import TrainConfig
+
+    cfg = TrainConfig.from_dict({**config, "stage": stage})
+    if stage == 1:
+        from model.train_stage1 import train_stage1 as recipe
+    else:
+        from model.train_stage2 import train_stage2 as recipe
+    logger = get_run_logger()
+    if torch.cuda.is_available() and not cfg.cpu:
+        from prefect.concurrency.sync import concurrency
+
+        _ensure_gpu_limit(torch.cuda.device_count())
+        logger.info("waiting for a `%s` concurrency slot", GPU_LIMIT)
+        with concurrency(GPU_LIMIT, occupy=1, strict=True):
+            result = recipe(cfg)
+    else:
+        logger.info("no GPU: training on CPU without a concurrency slot")
+        result = recipe(cfg)
+    return _summary(result)
+
+
+def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {k} | {v:.5g} |" for k, v in summary["final"].items())
+    return (
+        f"# SmartEdit stage {summary['stage']} — preset `{config['preset']}`\n\n"
+        f"Steps {summary['start_step']} → **{summary['steps']}**\n\n"
+        f"| final | value |\n|---|---|\n{rows}\n\n"
+        f"- checkpoint: `{summary['checkpoint']}`\n- pipeline: `{summary['pipeline_dir']}`\n"
+        f"- TensorBoard: `tensorboard --logdir {summary['tensorboard_dir']}`\n"
+        f"- manifests: {', '.join(f'`{m}`' for m in config['manifests'])}\n"
+    )
+
+
+@flow(name="train", log_prints=False)
+def train(
+    preset: str = "tiny",
+    stage: int = 2,
+    manifests: list[str] | None = None,
+    output_dir: str = "runs/smartedit",
+    steps: int | None = None,
+    resume: str | None = "latest",
+    init_from: str | None = None,
+    allow_missing_sources: bool = False,
+    model: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one stage. preset: training preset (tiny, 7b, 13b, 7b-code, 13b-code); manifests: shardindex.json
+    paths (stage 1: captions; stage 2: the mixture's sources); resume: "latest" (default: continue a rerun from
+    its newest checkpoint), a checkpoint dir, or null; init_from: stage 2 only, a stage-1 checkpoint; model:
+    model-config overrides (checkpoint dirs); overrides: any other TrainConfig fields. Returns the summary dict."""
+    from model.train_config import get_train_preset
+
+    if not manifests:
+        raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
+    fields = {"manifests": list(manifests), "output_dir": output_dir, "resume": resume or None,
+              "model": dict(model or {}), **(overrides or {})}
+    if steps is not None:
+        fields["steps"] = steps
+    if stage == 2:
+        fields |= {"init_from": init_from, "allow_missing_sources": allow_missing_sources}
+    elif init_from:
+        raise ValueError("train: init_from is a stage-2 parameter (a stage-1 checkpoint to start from)")
+    cfg = get_train_preset(stage, preset, **fields)  # validate before the task: bad parameters fail the flow early
+    config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
+    summary = run_recipe(config, stage)
+    markdown(artifact_key("train", f"stage{stage}", preset), _markdown(summary, config),
+             description=f"SmartEdit stage-{stage} training summary")
+    get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
+    return summary
+
+
+def register(subparsers) -> None:
+    """`smartedit train ...`: run the flow in this process (no server needed: Prefect runs it ephemerally)."""
+    parser = subparsers.add_parser("train", help="train a SmartEdit stage (Prefect flow `train`)")
+    _add_arguments(parser)
+    parser.set_defaults(func=_handle)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny", help="tiny, 7b, 13b, 7b-code, 13b-code")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--manifest", action="append", required=True, help="a shardindex.json (repeatable)")
+    parser.add_argument("--output-dir", default="runs/smartedit")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--resume", default="latest", help="'latest', a checkpoint dir, or '' for a fresh start")
+    parser.add_argument("--init-from", default=None, help="stage 2: a stage-1 checkpoint dir")
+    parser.add_argument("--allow-missing-sources", action="store_true", help="stage 2: drop mixture leaves without data")
+    parser.add_argument("--model-json", default=None, help='model overrides as JSON, e.g. \'{"llava_dir": "..."}\'')
+
+
+def _handle(args: argparse.Namespace) -> int:
+    summary = train(preset=args.preset, stage=args.stage, manifests=args.manifest, output_dir=args.output_dir,
+                    steps=args.steps, resume=args.resume, init_from=args.init_from,
+                    allow_missing_sources=args.allow_missing_sources,
+                    model=json.loads(args.model_json) if args.model_json else None)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(description="SmartEdit training flow")
+    _add_arguments(_parser)
+    raise SystemExit(_handle(_parser.parse_args()))
