@@ -76,6 +76,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
                     flow_name: str = "convert") -> list[str]:
     """Convert every split of every source; returns the written manifests' paths."""
     from pipeline.convert import dataset_prefix, plan_shards
+    from pipeline.fingerprint import tree_fingerprint
     from pipeline.manifest import INDEX_NAME, finalize_dataset
     from pipeline.provenance import Provenance
 
@@ -92,6 +93,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
             dataset_dir = Path(output) / params.source / split
             jobs.append((params, split, options_json, reader, plans, dataset_dir))
 
+    fingerprints = {j[0].root: tree_fingerprint(j[0].root) for j in jobs}  # recorded so retraining can skip unchanged inputs
     total = sum(len(j[4]) for j in jobs)
     progress = create_progress_artifact(progress=0.0, description=f"{flow_name}: shards written of {total}")
     futures = []
@@ -107,7 +109,8 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
             done += 1
             update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
         index = finalize_dataset(dataset_dir, name=dataset_prefix(reader), shard_names=[p.name for p in plans],
-                                 provenance=Provenance.now(reader.source, reader.spec()))
+                                 provenance=Provenance.now(reader.source, reader.spec()),
+                                 extra={"input_fingerprint": fingerprints[params.root]})
         logger.info("%s: %d kept, %d rejected", index["name"], index["counts"]["kept"], index["counts"]["rejected"])
         manifests.append(index)
         paths.append(dataset_dir / INDEX_NAME)
