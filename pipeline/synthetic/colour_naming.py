@@ -50,9 +50,14 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """(H, W, 3) CIELAB → (H, W, 3) uint8 sRGB (out-of-gamut values clipped)."""
+    import warnings
+
     from skimage.color import lab2rgb
 
-    return np.clip(np.round(lab2rgb(lab) * 255.0), 0, 255).astype(np.uint8)
+    with warnings.catch_warnings():  # out-of-gamut targets are expected; clipping is the intended answer
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = lab2rgb(lab)
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
 def delta_e(rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:

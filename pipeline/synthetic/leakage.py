@@ -41,7 +41,9 @@ def image_phash(image) -> np.ndarray:
     """(64,) bool pHash of a PIL image."""
     import imagehash
 
-    return np.asarray(imagehash.phash(image.convert("RGB")).hash, dtype=bool).reshape(-1)
+    from PIL import ImageOps
+
+    return np.asarray(imagehash.phash(ImageOps.exif_transpose(image).convert("RGB")).hash, dtype=bool).reshape(-1)
 
 
 def _hash_bytes(data: bytes) -> np.ndarray:

@@ -153,7 +153,9 @@ def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, 
     counts: dict[str, int] = {}
     for obj in scene.objects:  # reflections count: "the pet that purrs" must have one answer
         counts[obj.category] = counts.get(obj.category, 0) + 1
-    single = sorted(c for c, n in counts.items() if n == 1 and knowledge is not None and c in knowledge.categories)
+    crowded = scene.crowded()  # a crowd annotation is several instances: "the sheep" would not be one object
+    single = sorted(c for c, n in counts.items()
+                    if n == 1 and c not in crowded and knowledge is not None and c in knowledge.categories)
     if not single:
         return Reject(where, "reasoning_ambiguous", f"no category appears exactly once with knowledge: {counts}")
     category = str(rng.choice(single))
@@ -197,10 +199,13 @@ def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowl
                 yield Reject(where, reason, f"target mask covers {frac:.4f} of the image, outside "
                                             f"[{cfg.mask_min_area}, {cfg.mask_max_area}]")
                 continue
-            kind = knowledge.kind_of[target.category]
-            same_kind = [o for o in scene.objects if knowledge.kind_of.get(o.category) == kind
-                         and o.in_mirror == target.in_mirror]
-            unique_kind = all(o.category == target.category for o in same_kind)
+            # "the left animal" only when no other category in view (in or out of the mirror) is an
+            # animal; the catch-all noun "object" only when the target's category is all there is.
+            noun = knowledge.noun(target.category)
+            rivals = [o for o in scene.objects if o.in_mirror == target.in_mirror and o.category != target.category
+                      and (noun == "object" or knowledge.kind_of.get(o.category) is None
+                           or knowledge.noun(o.category) == noun)]
+            unique_kind = not rivals
             quota.take(scenario)
             yield EditCandidate(scene, scenario, target, selector, unique_kind,
                                 sum(o.category == target.category for o in scene.objects))

@@ -188,11 +188,17 @@ def box_inside(inner: Box, outer: Box, tol: float = 1.0) -> bool:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8."""
-    from PIL import Image
+    """(H, W, 3) uint8 in the displayed orientation (EXIF Orientation applied; grayscale/CMYK → RGB).
+
+    The sample data's COCO files give width/height and geometry in the displayed orientation, as
+    detectron2-style loaders read COCO; `analyse_scenes` checks the size against the annotation, so an
+    annotation file made on the stored grid of a rotated JPEG fails loudly (size_mismatch) instead of
+    producing misplaced masks.
+    """
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
 def analyse_scenes(records: Iterable[ImageRecord | Reject], indexes: dict[str, CocoIndex], colours: ColourTable,
@@ -218,6 +224,8 @@ def analyse_scenes(records: Iterable[ImageRecord | Reject], indexes: dict[str, C
             yield Reject(record.location, "size_mismatch",
                          f"{record.path} is {rgb.shape[1]}x{rgb.shape[0]}, annotations say {record.width}x{record.height}")
             continue
+        # A grayscale photo (COCO has some) shows no hue: naming colours there would call yellow "white".
+        achromatic = int(np.ptp(rgb.astype(np.int16), axis=-1).max()) <= 2
         mirrors = list(index.gt_mirrors.get(record.file_name, ()))
         objects = []
         for ann in sorted(index.anns.get(record.image_id, ()), key=lambda a: a["id"]):
@@ -234,12 +242,12 @@ def analyse_scenes(records: Iterable[ImageRecord | Reject], indexes: dict[str, C
             if area == 0:
                 continue  # degenerate polygon: nothing to edit or to count
             ys, xs = np.nonzero(mask)
-            name, share = colours.name_pixels(rgb[mask])
+            name, share = (None, 0.0) if achromatic else colours.name_pixels(rgb[mask])
             objects.append(SceneObject(
                 ann_id=int(ann["id"]), category=category, category_id=int(ann["category_id"]),
                 bbox=tuple(float(v) for v in ann["bbox"]), area=area,
                 centroid=(float(xs.mean()), float(ys.mean())),
-                colour=name if share >= colour_min_share else None, colour_share=round(share, 4),
+                colour=name if name and share >= colour_min_share else None, colour_share=round(share, 4),
                 in_mirror=False, crowd=bool(ann.get("iscrowd", 0)),
             ))
         for obj in objects:

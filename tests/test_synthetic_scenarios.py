@@ -1,0 +1,170 @@
+"""Scene analysis and scenario selection against the rendered sample scenes' ground truth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.synthetic.build import BuildInputs, plan_build
+from pipeline.synthetic.colour_naming import load_colour_table
+from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
+from pipeline.synthetic.instructions import load_templates
+from pipeline.synthetic.knowledge import load_knowledge
+from pipeline.synthetic.scene import analyse_scenes, load_index, resolve_inputs
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    from pipeline.samples import make_samples
+
+    return make_samples(tmp_path_factory.mktemp("samples"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def truth(samples):
+    scenes = json.loads(samples.scenes_json.read_text())
+    return {s["file_name"]: s for s in scenes}
+
+
+@pytest.fixture(scope="module")
+def plan(samples, tmp_path_factory):
+    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS})
+    return plan_build(cfg, BuildInputs(input=str(samples.root)), tmp_path_factory.mktemp("plan"))
+
+
+def _jobs(plan, scenario):
+    return [e["job"] for e in plan["entries"] if "job" in e and e["job"]["scenario"] == scenario]
+
+
+def _gt_objects(truth, job, *, reflections=False):
+    objs = truth[job["file_name"]]["objects"]
+    return [o for o in objs if o["category"] == job["target"]["category"] and not o["iscrowd"]
+            and (reflections or not o["in_mirror"])]
+
+
+def test_scene_analysis_matches_ground_truth(samples, truth):
+    splits, scenes_json = resolve_inputs(samples.root)
+    assert {s.split for s in splits} == {"train2017", "val2017"} and scenes_json is not None
+    n_objects = 0
+    for split in splits:
+        index = load_index(str(split.annotations), str(split.images), split.split, ("mirror",), str(scenes_json))
+        indexes = {str(split.annotations): index}
+        for scene in analyse_scenes(index.records(), indexes, load_colour_table(), 0.5):
+            gt = {o["ann_id"]: o for o in truth[scene.record.file_name]["objects"]}
+            assert len(scene.mirrors) == len(truth[scene.record.file_name]["mirrors"])
+            for obj in scene.objects:
+                n_objects += 1
+                assert obj.category == gt[obj.ann_id]["category"]
+                assert obj.in_mirror == gt[obj.ann_id]["in_mirror"], (scene.record.file_name, obj.ann_id)
+                if truth[scene.record.file_name]["image_mode"] == "L":
+                    assert obj.colour is None  # no hue to name in a grayscale photo
+                elif not obj.crowd:
+                    assert obj.colour == gt[obj.ann_id]["colour"], (scene.record.file_name, obj.ann_id)
+                    assert obj.centroid == pytest.approx(gt[obj.ann_id]["centroid"], abs=1.0)
+    assert n_objects >= 50
+
+
+def test_left_right_targets_smallest_or_largest_centroid_x(plan, truth):
+    jobs = _jobs(plan, "left_right")
+    assert jobs
+    for job in jobs:
+        xs = sorted(_gt_objects(truth, job), key=lambda o: o["centroid"][0])
+        position = job["selector"]["position"]
+        expected = {"left": xs[0], "right": xs[-1], "middle": xs[len(xs) // 2]}[position]
+        assert job["target"]["ann_id"] == expected["ann_id"]
+        assert position in job["referent"]
+    assert any(j["selector"]["position"] == "left" for j in jobs)
+
+
+def test_relative_size_targets_larger_or_smaller_area(plan, truth):
+    jobs = _jobs(plan, "relative_size")
+    assert jobs
+    for job in jobs:
+        areas = sorted(_gt_objects(truth, job), key=lambda o: o["area"])
+        word = job["selector"]["size"]
+        expected = areas[-1] if word in ("bigger", "biggest") else areas[0]
+        assert job["target"]["ann_id"] == expected["ann_id"]
+        assert word in job["referent"] or {"bigger": "larger", "smaller": "little", "biggest": "largest",
+                                           "smallest": "tiniest"}[word] in job["referent"]
+
+
+def test_colour_referent_names_the_rendered_colour(plan, truth):
+    jobs = _jobs(plan, "colour")
+    assert jobs
+    for job in jobs:
+        gt = {o["ann_id"]: o for o in truth[job["file_name"]]["objects"]}
+        colour = gt[job["target"]["ann_id"]]["colour"]
+        assert job["selector"]["colour"] == colour and colour in job["referent"]
+        others = [o["colour"] for o in _gt_objects(truth, job) if o["ann_id"] != job["target"]["ann_id"]]
+        assert colour not in others
+
+
+def test_mirror_target_is_the_object_inside_the_mirror(plan, truth):
+    jobs = _jobs(plan, "mirror")
+    assert jobs
+    for job in jobs:
+        gt = {o["ann_id"]: o for o in truth[job["file_name"]]["objects"]}
+        assert gt[job["target"]["ann_id"]]["in_mirror"]
+        assert "mirror" in job["referent"]
+
+
+def test_multiple_objects_ordinal_counts_from_the_named_side(plan, truth):
+    jobs = _jobs(plan, "multiple_objects")
+    assert jobs
+    ordinals = load_templates().ordinals
+    for job in jobs:
+        xs = sorted(_gt_objects(truth, job), key=lambda o: o["centroid"][0])
+        assert len(xs) >= 3
+        sel = job["selector"]
+        idx = sel["ordinal"] - 1 if sel["side"] == "left" else len(xs) - sel["ordinal"]
+        assert xs[idx]["ann_id"] == job["target"]["ann_id"]
+        assert ordinals[sel["ordinal"] - 1] in job["referent"] and sel["side"] in job["referent"]
+
+
+def test_reasoning_uses_knowledge_of_a_unique_category(plan, truth):
+    knowledge = load_knowledge()
+    jobs = _jobs(plan, "reasoning")
+    assert jobs
+    for job in jobs:
+        category = job["target"]["category"]
+        assert len(_gt_objects(truth, job, reflections=True)) == 1
+        assert job["referent"] in knowledge.descriptions(category)
+        assert category not in job["instructions"][0].split()
+
+
+def test_instructions_are_distinct_paraphrases_with_the_edit_content(plan):
+    jobs = [e["job"] for e in plan["entries"] if "job" in e]
+    assert {j["operation"] for j in jobs} == {"remove", "recolour"}  # no inpainting model: no replace
+    for job in jobs:
+        assert len(job["instructions"]) == len(set(job["instructions"])) >= 2
+        if job["operation"] == "recolour":
+            assert all(job["new_colour"] in i for i in job["instructions"])
+            assert job["new_colour"] != job["target"]["colour"]
+
+
+def test_knowledge_covers_all_80_coco_categories(samples):
+    doc = json.loads((samples.coco / "annotations" / "instances_val2017.json").read_text())
+    names = {c["name"] for c in doc["categories"]}
+    assert len(names) == 80
+    knowledge = load_knowledge()
+    assert names == set(knowledge.categories)
+    for name in names:
+        assert len(set(knowledge.descriptions(name))) >= 2
+        assert knowledge.replacements(name)
+    assert "the object that can tell the time" in knowledge.descriptions("clock")
+    assert "the animal known as human's best friend" in knowledge.descriptions("dog")
+    assert "the tool used to cut cakes" in knowledge.descriptions("knife")
+    # a description names one category only, so a reasoning instruction has one answer
+    every = [d for c in knowledge.categories.values() for d in c]
+    assert len(every) == len(set(every))
+
+
+def test_colour_table_names_the_sample_palette():
+    from pipeline.samples.palette import COLOURS
+
+    table = load_colour_table()
+    import numpy as np
+
+    for name, rgb in COLOURS.items():
+        assert table.name_pixels(np.array([rgb] * 4, dtype=np.uint8)) == (name, 1.0)
