@@ -35,6 +35,32 @@ SCENES = [
 ]
 
 
+# Scenes that each trip one planning drop reason (see test_synthetic_build.py).
+DROP_SCENES = [
+    ("stacked_dogs", [("dog", "red", 40, 18, 16, 12), ("dog", "red", 41, 52, 16, 12)], []),
+    ("tiny_cup", [("cup", "pink", 50, 40, 5, 5)], []),
+    ("huge_clock", [("clock", "white", 48, 36, W, H)], []),
+    ("empty_mirror", [("clock", "black", 20, 40, 14, 14)], [(54, 10, 36, 50)]),
+    ("two_reflections", [("cup", "red", 66, 25, 10, 10), ("cup", "blue", 78, 45, 10, 10)], [(54, 10, 36, 50)]),
+    ("no_objects", [], []),
+    ("missing_image", [("clock", "black", 48, 36, 24, 24)], []),
+    ("wrong_size", [("clock", "black", 48, 36, 24, 24)], []),
+    ("eval_copy", [("cat", "red", 30, 36, 20, 20)], []),
+]
+
+
+def make_drop_scenes(root: Path) -> Path:
+    """DROP_SCENES, then break files: one image deleted, one resized; `eval_copy` also copied into a
+    Reason-Edit-style evaluation folder ``root/eval/6-Reasoning/001.png``."""
+    make_scenes(root, DROP_SCENES)
+    images = root / "coco" / "val2017"
+    (images / "missing_image.png").unlink()
+    Image.open(images / "wrong_size.png").resize((W // 2, H // 2)).save(images / "wrong_size.png")
+    (root / "eval" / "6-Reasoning").mkdir(parents=True)
+    Image.open(images / "eval_copy.png").save(root / "eval" / "6-Reasoning" / "001.png")
+    return root
+
+
 def _background(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:H, 0:W]
@@ -58,7 +84,7 @@ def make_scenes(root: Path, scenes=SCENES) -> Path:
             draw.rectangle([x, y, x + w - 1, y + h - 1], outline=(95, 60, 30))
         for category, colour, cx, cy, w, h in objects:
             # in the mirror scene, the cup stands inside the mirror box: a "reflection"
-            poly = _ellipse(cx, cy, w, h)
+            poly = _ellipse(cx, cy, w, h) if w < W else [0.0, 0.0, W, 0.0, W, H, 0.0, H]  # full-frame: a rectangle
             draw.polygon(poly, fill=PALETTE[colour])
             xs, ys = poly[0::2], poly[1::2]
             bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]

@@ -110,6 +110,9 @@ def guard_leakage(records: Iterable[ImageRecord | Reject], hashes: EvalHashes,
         if isinstance(record, Reject) or not hashes.names:
             yield record
             continue
+        if not record.path.exists():
+            yield Reject(record.location, "image_missing", f"{record.path} not found")
+            continue
         try:
             with Image.open(record.path) as im:
                 bits = image_phash(im)

@@ -1,0 +1,192 @@
+"""The synthetic build end to end with the CPU editor: shards, background, determinism, resume, drops,
+export, contact sheet, data card and CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.records import Reject
+from pipeline.synthetic.build import BuildInputs, build, plan_build
+from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
+from pipeline.synthetic.export import read_samples
+from synthetic_fixtures import make_drop_scenes, make_scenes
+
+ALL = {s: 10 for s in SCENARIOS}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    return make_scenes(tmp_path_factory.mktemp("scenes"))
+
+
+@pytest.fixture(scope="module")
+def built(scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built")
+    cfg = SyntheticConfig(scenarios=ALL, shard_size=3)
+    return cfg, out, build(cfg, BuildInputs(input=str(scenes)), out)
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_pairs_written_with_exact_background_and_real_edits(built):
+    cfg, out, result = built
+    from pipeline.verify import verify_dataset
+
+    report = verify_dataset(out / "shardindex.json", check_schema=True)
+    assert report.ok, report.problems
+    samples = list(read_samples(out))
+    assert len(samples) == result["kept"] >= 6
+    assert {m["scenario"] for _, m, _ in samples} == set(SCENARIOS)
+    for key, meta, files in samples:
+        src, tgt, mask = _decode(files["src.png"]), _decode(files["tgt.png"]), _decode(files["mask.png"]) > 127
+        assert src.shape == tgt.shape and mask.shape == src.shape[:2]
+        assert np.array_equal(src[~mask], tgt[~mask]), key  # background bit-exact
+        assert not np.array_equal(src[mask], tgt[mask]), key
+        assert meta["instruction"] == meta["instructions"][0] and len(meta["instructions"]) >= 2
+        assert meta["mask_source"] == "annotation" and meta["models"]["editor"] == "lab-biharmonic"
+        assert meta["seeds"]["build"] == cfg.seed and isinstance(meta["seeds"]["pair"], int)
+        assert meta["scores"]["background_max_diff"] == 0
+        assert meta["scores"]["edit_strength"] >= cfg.min_edit_strength
+        assert cfg.mask_min_area <= meta["scores"]["mask_area"] <= cfg.mask_max_area
+
+
+def test_manifest_yields_export_sheet_and_card(built):
+    cfg, out, result = built
+    index = json.loads((out / "shardindex.json").read_text())
+    stages = [row["stage"] for row in index["yields"]]
+    assert stages[:4] == ["leakage_guard", "scene_analysis", "scenario_selection", "instructions"]
+    assert "quality_filters" in stages
+    assert sum(index["kept_by_scenario"].values()) == index["counts"]["kept"]
+    assert index["counts"]["rejected_by_reason"]  # the fixture has ambiguous scenes
+
+    export = json.loads(Path(result["smartedit_json"]).read_text())
+    assert sorted(export) == [f"{i:04d}" for i in range(result["kept"])]
+    for entry in export.values():
+        assert set(entry) == {"origin_img_path", "target_img_path", "instruction"}
+        assert isinstance(entry["instruction"], list) and entry["instruction"]
+        for key in ("origin_img_path", "target_img_path"):
+            assert (Path(result["smartedit_json"]).parent / entry[key]).is_file()
+
+    sheet = Image.open(result["contact_sheet"])
+    assert sheet.height > 160 * min(result["kept"], 16)
+    card = Path(result["data_card"]).read_text()
+    for needle in ("## Yield per stage", "| left_right | 1-Left-Right |", "min_edit_strength", "ambiguous_position"):
+        assert needle in card
+
+
+def test_same_seed_gives_identical_shards(built, scenes, tmp_path):
+    cfg, out, _ = built
+    build(cfg, BuildInputs(input=str(scenes)), tmp_path / "again")
+    a = json.loads((out / "shardindex.json").read_text())["shardlist"]
+    b = json.loads((tmp_path / "again" / "shardindex.json").read_text())["shardlist"]
+    assert [s["sha256"] for s in a] == [s["sha256"] for s in b]
+    other = build(cfg.model_copy(update={"seed": 1}), BuildInputs(input=str(scenes)), tmp_path / "seed1")
+    c = json.loads(Path(other["manifest"]).read_text())["shardlist"]
+    assert [s["sha256"] for s in a] != [s["sha256"] for s in c]
+
+
+def test_resume_after_kill_finishes_with_the_same_bytes(built, scenes, tmp_path, monkeypatch):
+    cfg, out, _ = built
+    from pipeline.synthetic.editors import LabEditor
+
+    real_edit, calls = LabEditor.edit, {"n": 0}
+
+    def dying_edit(self, pairs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # killed in the middle of a shard
+            raise KeyboardInterrupt
+        return real_edit(self, pairs)
+
+    monkeypatch.setattr(LabEditor, "edit", dying_edit)
+    target = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg, BuildInputs(input=str(scenes)), target)
+    finished = sorted(target.glob("*.stats.json"))
+    assert finished and list(target.glob("*.tar.tmp")) and not (target / "shardindex.json").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    monkeypatch.setattr(LabEditor, "edit", real_edit)
+    build(cfg, BuildInputs(input=str(scenes)), target)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished shards not redone
+    a = json.loads((out / "shardindex.json").read_text())["shardlist"]
+    b = json.loads((target / "shardindex.json").read_text())["shardlist"]
+    assert [s["sha256"] for s in a] == [s["sha256"] for s in b]
+    assert not list(target.glob("*.tar.tmp"))
+
+
+def test_rerun_with_other_parameters_is_refused(built, scenes):
+    cfg, out, _ = built
+    with pytest.raises(ValueError, match="other parameters"):
+        plan_build(cfg.model_copy(update={"size_ratio": 3.0}), BuildInputs(input=str(scenes)), out)
+
+
+def _reasons(out: Path) -> set[str]:
+    return {json.loads(line)["reason"] for line in (out / "rejects.jsonl").read_text().splitlines()}
+
+
+def test_every_drop_reason_has_a_crafted_case(tmp_path):
+    root = make_drop_scenes(tmp_path / "drops")
+    inputs = BuildInputs(input=str(root))
+    cfg = SyntheticConfig(scenarios=ALL, eval_sets=[str(root / "eval")], phash_max_distance=0)
+    build(cfg, inputs, tmp_path / "a")
+    assert _reasons(tmp_path / "a") >= {
+        "ambiguous_position", "size_ratio_too_small", "colours_not_distinct", "reasoning_ambiguous",
+        "mask_too_small", "mask_too_large", "no_object_in_mirror", "ambiguous_mirror", "eval_overlap",
+        "image_missing", "size_mismatch", "no_objects",
+    }
+    rejects = [json.loads(x) for x in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
+    assert {r["location"] for r in rejects if r["reason"] == "eval_overlap"} == {"val2017/eval_copy.png"}
+
+    build(cfg.model_copy(update={"colour_min_share": 1.01}), inputs, tmp_path / "b")
+    assert "colour_uncertain" in _reasons(tmp_path / "b")
+    build(cfg.model_copy(update={"operations": ["replace"]}), inputs, tmp_path / "c")
+    assert "replace_needs_generator" in _reasons(tmp_path / "c")
+    build(cfg.model_copy(update={"min_edit_strength": 1e6}), inputs, tmp_path / "d")
+    assert "edit_too_weak" in _reasons(tmp_path / "d")
+
+
+def test_background_change_is_caught(built):
+    """Paste-back makes this impossible in the build; the filter must still catch an editor that leaks."""
+    cfg, out, _ = built
+    from pipeline.synthetic.filters import filter_edits
+    from pipeline.synthetic.instructions import EditJob
+    from pipeline.synthetic.pair import EditPair
+
+    plan = json.loads((out / "plan.json").read_text())
+    job = EditJob.from_json(next(e["job"] for e in plan["entries"] if "job" in e))
+    src = np.zeros((job.height, job.width, 3), np.uint8)
+    mask = np.zeros(src.shape[:2], bool)
+    mask[10:30, 10:30] = True
+    tgt = src.copy()
+    tgt[mask] = 200
+    tgt[0, 0] = 1  # one background pixel off by one
+    pair = EditPair(job, src, mask, mask=mask, edit_mask=mask, target=tgt)
+    (result,) = filter_edits([pair], cfg, None)
+    assert isinstance(result, Reject) and result.reason == "background_changed"
+    pair.target[0, 0] = 0
+    (result,) = filter_edits([pair], cfg, None)
+    assert not isinstance(result, Reject)
+
+
+def test_cli_build_and_sheet(scenes, tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["build-synthetic", "--input", str(scenes), "--out", str(out), "--scenarios", "all=1,reasoning=2",
+                 "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kept"] >= 1 and Path(summary["manifest"]).exists()
+    shard = sorted(out.glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        n_in_shard = len({Path(m.name).name.split(".")[0] for m in tar})
+    assert main(["shards", "sheet", str(shard), "-o", str(tmp_path / "sheet.png"), "-n", "4"]) == 0
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.height == 4 + min(4, n_in_shard) * (160 + 4)
