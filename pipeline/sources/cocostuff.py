@@ -8,6 +8,7 @@ unless the LISA dash remap is asked for (then it is re-encoded and the json says
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.records import Sample
-from pipeline.sources.base import BaseReader
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, decode_gray, encode_gray_png, read_image, resolve_inside
+from pipeline.sources.base import BaseReader, process_cached
+from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, decode_pil, encode_gray_png, read_image, resolve_inside
 
 UNLABELED = 255
 MAPS_DIRNAME = "stuffthingmaps_trainval2017"
@@ -105,7 +106,7 @@ class CocoStuffReader(BaseReader):
         return {**super().options(), "images": str(self.images), "labels": str(self.labels or ""),
                 "lisa_dash_remap": self.lisa_dash_remap}
 
-    @property
+    @functools.cached_property
     def maps_dir(self) -> Path:
         for candidate in (self.root / MAPS_DIRNAME, self.root / "annotations" / MAPS_DIRNAME, self.root / "dataset" / "annotations" / MAPS_DIRNAME):
             if candidate.is_dir():
@@ -115,7 +116,7 @@ class CocoStuffReader(BaseReader):
     def class_names(self) -> dict[int, str]:
         path = self.labels or self.root / "labels.txt"
         if path.exists():
-            return parse_labels(path.read_text(encoding="utf-8"), str(path))
+            return process_cached(("labels", str(path)), lambda: parse_labels(path.read_text(encoding="utf-8"), str(path)))
         return dict(enumerate(BUILTIN_LABELS))
 
     def _list_records(self) -> list[str]:
@@ -132,20 +133,24 @@ class CocoStuffReader(BaseReader):
         map_path = resolve_inside(self.root, self.maps_dir.relative_to(self.root) / record)
         image = read_image(self.images, Path(self.split) / f"{stem}.jpg", max_pixels=self.max_pixels)
         data = map_path.read_bytes()
-        labels = decode_gray(data, str(map_path), max_pixels=self.max_pixels)
-        if labels.shape != (image.height, image.width):
+        label_img = decode_pil(data, str(map_path), max_pixels=self.max_pixels, modes=("L", "P"))
+        if label_img.size != image.size:
             raise RejectError(
                 "size_mismatch",
-                f"{map_path}: label map is {labels.shape[1]}x{labels.shape[0]}, image {image.width}x{image.height}",
+                f"{map_path}: label map is {label_img.width}x{label_img.height}, image {image.width}x{image.height}",
             )
         names = self.class_names()
         extra: dict[str, Any] = {}
+        # PIL's C histogram of the stored values: the classes present without a numpy copy of the map
+        counts = label_img.histogram()[:256]
         if self.lisa_dash_remap:
             remap = dash_values(names)
+            labels = np.asarray(label_img)
             labels = np.where(np.isin(labels, remap), np.uint8(UNLABELED), labels)
             data = encode_gray_png(labels)
+            counts = np.bincount(labels.ravel(), minlength=256).tolist()
             extra = {"lisa_dash_remap": True, "remapped_values": remap, "seg_reencoded": True}
-        present = [int(v) for v in np.unique(labels) if v != UNLABELED]
+        present = [v for v, c in enumerate(counts) if c and v != UNLABELED]
         unknown = [v for v in present if v not in names]
         if unknown:
             raise RejectError("unknown_class", f"{map_path}: label values {unknown} are not in the class table")
