@@ -90,7 +90,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
         for split in _splits(params):
             reader = _reader(params.source, params.root, split, options_json)
             plans = plan_shards(dataset_prefix(reader), len(reader.records()), shard_size)
-            dataset_dir = Path(output) / params.source / split
+            dataset_dir = Path(output) / reader.dataset_name / split
             jobs.append((params, split, options_json, reader, plans, dataset_dir))
 
     fingerprints = {j[0].root: tree_fingerprint(j[0].root) for j in jobs}  # recorded so retraining can skip unchanged inputs

@@ -14,24 +14,30 @@ from pathlib import Path
 Runner = Callable[[str, dict], dict]
 
 
-def convert_parameters(samples: Path, shards: Path) -> dict[str, dict]:
-    """Parameters of the three convert-* deployments for the sample data layout of pipeline.samples."""
-    s = str(samples)
-    segmentation = [
-        {"source": "cocostuff", "root": s},
-        {"source": "refcoco", "root": s},
-        {"source": "refcoco+", "root": s},
-        {"source": "refcocog", "root": s},
-        {"source": "grefcoco", "root": s},
-        {"source": "reasonseg", "root": s},
-    ]
-    common = {"output": str(shards), "shard_size": 16, "workers": 2}
+def sample_sources(samples: Path) -> dict[str, list[dict]]:
+    """Each convert flow's `sources` parameter for the layout that pipeline.samples writes (samples.json)."""
+    coco_train = str(samples / "coco" / "train2017")
+    refer = [{"source": name, "root": str(samples / "refer"), "options": {"images": coco_train}}
+             for name in ("refcoco", "refcoco+", "refcocog", "grefcoco")]
     return {
-        "convert-segmentation/convert-segmentation": {"sources": segmentation, **common},
-        "convert-vqa/convert-vqa": {"sources": [{"source": "llava-instruct", "root": s}], **common},
-        "convert-edit/convert-edit": {
-            "sources": [{"source": "instructpix2pix", "root": s}, {"source": "magicbrush", "root": s}], **common},
+        "segmentation": [
+            {"source": "cocostuff", "root": str(samples / "cocostuff"), "options": {"images": str(samples / "coco")}},
+            *refer,
+            {"source": "reasonseg", "root": str(samples / "ReasonSeg")},
+        ],
+        "vqa": [{"source": "llava-instruct", "root": str(samples / "llava"), "options": {"images": coco_train}}],
+        "edit": [
+            {"source": "instructpix2pix", "root": str(samples / "instructpix2pix" / "folder")},
+            {"source": "magicbrush", "root": str(samples / "magicbrush")},
+        ],
     }
+
+
+def convert_parameters(samples: Path, shards: Path) -> dict[str, dict]:
+    """Parameters of the three convert-* deployments for the sample data."""
+    common = {"output": str(shards), "shard_size": 16, "workers": 2}
+    return {f"convert-{group}/convert-{group}": {"sources": sources, **common}
+            for group, sources in sample_sources(samples).items()}
 
 
 def run_demo(demo_dir: Path, run: Runner) -> None:
