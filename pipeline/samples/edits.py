@@ -65,7 +65,7 @@ def apply_edit(before: RenderedScene, op: EditOp, rng: np.random.Generator, inde
         obj.colour = new_colour
         templates = [f"make the {name} {new_colour}", f"change the color of the {name} to {new_colour}",
                      f"turn the {name} {new_colour}"]
-        target = f"a {ex.noun(obj, True)}"
+        target = f"{_article(ex.noun(obj, True))} {ex.noun(obj, True)}"
     elif op == "replace":
         assert obj is not None
         new_category = new_category or str(rng.choice([c for c in COMMON if c != obj.category]))
@@ -75,7 +75,7 @@ def apply_edit(before: RenderedScene, op: EditOp, rng: np.random.Generator, inde
         art = _article(new_category)
         templates = [f"turn the {name} into {art} {new_category}", f"replace the {name} with {art} {new_category}",
                      f"change the {name} to {art} {new_category}"]
-        target = f"{art} {ex.noun(obj, True)}"
+        target = f"{_article(ex.noun(obj, True))} {ex.noun(obj, True)}"
     elif op == "remove":
         assert obj is not None
         scene.objects.pop(index)

@@ -27,6 +27,7 @@ class ObjectContext:
 
     position: left / middle / right among siblings, None when it has none.
     size: biggest / smallest / medium (or bigger / smaller for two), None when it has no siblings.
+    nearest: category of the closest object of another category (by mask centroid), None if there is none.
     """
 
     obj: SceneObject
@@ -35,7 +36,7 @@ class ObjectContext:
     size: str | None
     colour_unique: bool
     has_reflection: bool
-    others: tuple[str, ...]
+    nearest: str | None
 
 
 def context(rendered: RenderedScene, index: int) -> ObjectContext:
@@ -54,11 +55,18 @@ def context(rendered: RenderedScene, index: int) -> ObjectContext:
         else:
             size = "biggest" if by_area[-1] == index else "smallest" if by_area[0] == index else "medium sized"
     colours = [objects[i].colour for i in sib]
+    centre = {i: np.nonzero(m)[::-1] for i, m in enumerate(masks)}
+    mean = {i: (float(xy[0].mean()), float(xy[1].mean())) for i, xy in centre.items() if len(xy[0])}
+    others = [i for i, o in enumerate(objects) if o.category != obj.category and not o.crowd and not o.in_mirror and i in mean]
+    nearest = None
+    if others and index in mean:
+        cx, cy = mean[index]
+        nearest = objects[min(others, key=lambda i: (mean[i][0] - cx) ** 2 + (mean[i][1] - cy) ** 2)].category
     return ObjectContext(
         obj=obj, n_siblings=len(sib), position=position, size=size,
         colour_unique=colours.count(obj.colour) == 1,
         has_reflection=any(o.in_mirror and o.category == obj.category for o in objects),
-        others=tuple(sorted({o.category for o in objects if o.category != obj.category and not o.crowd})),
+        nearest=nearest,
     )
 
 
@@ -79,7 +87,7 @@ def expressions(ctx: ObjectContext, style: Style) -> list[str]:
                 "plus": [f"reflection of the {noun(o, True)}", f"reflected {cat}"],
                 "g": [f"the reflection of a {noun(o, True)} that can be seen in the mirror"]}[style]
     if ctx.n_siblings == 1:
-        near = f"next to the {ctx.others[0]}" if ctx.others else "in the picture"
+        near = f"next to the {ctx.nearest}" if ctx.nearest else "in the picture"
         if ctx.has_reflection:
             return {"unc": [f"real {cat}", f"{cat} outside the mirror"], "plus": [f"real {cat} not the reflection"],
                     "g": [f"the {noun(o, True)} standing in front of the mirror"]}[style]

@@ -32,14 +32,18 @@ def _conversation(img: CocoImage, rng: np.random.Generator) -> list[tuple[str, s
     cats = sorted({o.category for o in objs})
     turns = []
     first = objs[int(rng.integers(len(objs)))]
-    same = [o for o in objs if o.category == first.category]
-    if len(same) == 1:
+    i = img.scene.objects.index(first)
+    ctx = ex.context(img.rendered, i)
+    if ctx.n_siblings == 1:
         turns.append((f"What color is the {first.category} in the image?", f"The {first.category} in the image is {first.colour}."))
     else:
         turns.append((f"How many {plural(first.category)} are there in the image?",
-                      f"There are {ex.NUMBER_WORDS.get(len(same), str(len(same)))} {plural(first.category)} in the image."))
-    i = img.scene.objects.index(first)
-    turns.append((f"Where is the {ex.noun(first, True)} located?", f"The {ex.noun(first, True)} is {_where(img, i)}."))
+                      f"There are {ex.NUMBER_WORDS.get(ctx.n_siblings, str(ctx.n_siblings))} {plural(first.category)} in the image."))
+    if ctx.n_siblings == 1 or ctx.colour_unique:
+        turns.append((f"Where is the {ex.noun(first, True)} located?", f"The {ex.noun(first, True)} is {_where(img, i)}."))
+    else:
+        where = "in the middle" if ctx.position == "middle" else f"on the {ctx.position}"
+        turns.append((f"What color is the {first.category} {where}?", f"The {first.category} {where} is {first.colour}."))
     if len(cats) > 1:
         turns.append(("What objects can you see in the picture?",
                       "The picture shows " + ", ".join(f"a {c}" for c in cats[:-1]) + f" and a {cats[-1]}."))
@@ -84,7 +88,8 @@ def write(root: Path, images: list[CocoImage], rng: np.random.Generator) -> dict
     """Write llava_instruct_150k.json under `root` (= out_dir/llava)."""
     records = []
     for img in images:
-        if img.split != "train2017" or not any(not o.crowd and not o.in_mirror for o in img.scene.objects):
+        # Colour questions about a grayscale picture would be wrong; the real file has no such records either.
+        if img.split != "train2017" or img.mode == "L" or not any(not o.crowd and not o.in_mirror for o in img.scene.objects):
             continue
         records.append(_record(img, _conversation(img, rng), bool(rng.integers(2))))
         if rng.random() < 0.5:

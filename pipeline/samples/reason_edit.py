@@ -59,8 +59,11 @@ def _item(category: str, rng: np.random.Generator) -> tuple[RenderedScene, int, 
         rendered = render(plan_scene(rng, width, height, "mixed"))
         index = int(rng.integers(len(rendered.scene.objects)))
         obj = rendered.scene.objects[index]
-        others = [o.category for o in rendered.scene.objects if o is not obj]
-        phrase = f"{obj.category} next to the {others[0]}" if others else obj.category
+        others = [o for o in rendered.scene.objects if o is not obj and not o.crowd]
+        phrase = obj.category
+        if others:  # name its nearest neighbour, as the benchmark's multi-object instructions do
+            nearest = min(others, key=lambda o: (o.cx - obj.cx) ** 2 + (o.cy - obj.cy) ** 2)
+            phrase = f"{obj.category} next to the {nearest.category}"
         return rendered, index, phrase, {"op": "replace"}
     target = list(AFFORDANCES)[int(rng.integers(len(AFFORDANCES)))]
     rendered = render(place_category_first(rng, width, height, target))
