@@ -61,3 +61,38 @@ def publish_manifests(flow_name: str, manifests: list[dict[str, Any]], paths: li
 
 def markdown(key: str, text: str, description: str = "") -> None:
     create_markdown_artifact(key=artifact_key(key), markdown=text, description=description)
+
+
+GPU_LIMIT = "gpu"
+
+
+def ensure_gpu_limit(slots: int) -> None:
+    """Create the `gpu` global concurrency limit when it is missing: Prefect 3.8.8 skips acquiring a
+    missing limit with only a warning, so GPU work would otherwise run unguarded."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            return
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=max(1, slots)))
+        except ObjectAlreadyExists:  # another run created it first
+            pass
+
+
+def gpu_slot(device: str):
+    """A context holding one `gpu` slot (strict) when ``device`` is a CUDA device; a no-op on CPU."""
+    import contextlib
+
+    if not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    import torch
+    from prefect.concurrency.sync import concurrency
+
+    ensure_gpu_limit(torch.cuda.device_count())
+    return concurrency(GPU_LIMIT, occupy=1, strict=True)
