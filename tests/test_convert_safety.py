@@ -127,4 +127,5 @@ def test_exif_orientation_is_recorded_and_bytes_untouched():
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif.tobytes())
     probed = probe_image(buf.getvalue(), "rotated.jpg")
-    assert probed.exif_orientation == 6 and probed.size == (20, 10) and probed.data == buf.getvalue()
+    assert probed.exif_orientation == 6 and probed.data == buf.getvalue()
+    assert probed.stored_size == (20, 10) and probed.size == (10, 20), "sizes are as displayed, after the tag"

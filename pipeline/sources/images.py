@@ -6,10 +6,12 @@ the container structure (a JPEG's last scan must be followed by an EOI marker; a
 IEND). Full decoding is reserved for images whose pixels we actually use (label maps, masks) or for
 callers that ask for it (``full_decode=True``).
 
-EXIF: pixels are kept as stored, unrotated. Annotation geometry in COCO, the refer datasets and
-LISA refers to the stored pixel grid, so masks align with the stored pixels; a sample whose JPEG
-carries an orientation tag other than 1 records it as ``exif_orientation`` in its json, and a
-loader that applies ``ImageOps.exif_transpose`` must transpose the masks the same way.
+EXIF: the bytes are kept as stored (never re-encoded), but sizes are the displayed ones. COCO's
+width/height and annotations, and labelme's (LISA), refer to the image as displayed, i.e. after its
+EXIF Orientation tag is applied, so masks are made at the displayed size and sizes are compared
+with the displayed size. A sample whose JPEG has an orientation other than 1 records it as
+``exif_orientation`` in its json: a loader must apply ``PIL.ImageOps.exif_transpose`` to the image
+(not to the masks) to line them up.
 """
 
 from __future__ import annotations
@@ -49,9 +51,15 @@ class StoredImage:
 
     data: bytes
     ext: str
-    size: tuple[int, int]
+    stored_size: tuple[int, int]
     mode: str
     exif_orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as displayed, i.e. after the EXIF orientation (5-8 swap the axes)."""
+        w, h = self.stored_size
+        return (h, w) if self.exif_orientation in (5, 6, 7, 8) else (w, h)
 
     @property
     def width(self) -> int:

@@ -110,9 +110,14 @@ class ReasonSegReader(BaseReader):
         json_path = resolve_inside(self.root, rel_json)
         if not json_path.exists():
             raise RejectError("annotation_missing", f"{json_path}: no annotation json beside {record}")
+        raw = json_path.read_bytes()
         try:
-            ann = json.loads(json_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", errors="strict")  # some ReasonSeg files were saved on Windows, as LISA tolerates
+        try:
+            ann = json.loads(text)
+        except json.JSONDecodeError as err:
             raise RejectError("annotation_invalid", f"{json_path}: not valid JSON ({err})") from None
         texts = ann.get("text")
         texts = [texts] if isinstance(texts, str) else list(texts or [])
