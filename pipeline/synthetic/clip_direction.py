@@ -33,7 +33,7 @@ class ClipDirection:
         import torch
 
         with torch.no_grad():
-            pixels = self.processor(images=[source, target], return_tensors="pt")["pixel_values"].to(self.device)
+            pixels = self.processor(images=[source.copy(), target.copy()], return_tensors="pt")["pixel_values"].to(self.device)
             img = self._embedding(self.model.get_image_features(pixel_values=pixels))  # (2, D)
             tokens = self.processor(text=[source_caption, target_caption], return_tensors="pt", padding=True)
             txt = self._embedding(self.model.get_text_features(

@@ -66,6 +66,8 @@ class LabEditor:
         if job.operation == "recolour":
             return recolour_lab(pair.source, pair.mask, pair.edit_mask, self.colours.lab_of(job.new_colour))
         if job.operation == "remove":
+            if pair.edit_mask.all():
+                return Reject(job.location, "mask_covers_image", "the dilated mask leaves no background to inpaint from")
             return remove_biharmonic(pair.source, pair.edit_mask)
         return Reject(job.location, "replace_needs_generator",
                       "replacing an object needs an inpainting model: pass inpaint_dir (or leave replace out of operations)")
@@ -90,7 +92,7 @@ class InpaintEditor:
         if json.loads(index.read_text()).get("safety_checker", [None])[0] is not None:
             kwargs.update(safety_checker=None, requires_safety_checker=False)  # research data, not a public demo
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        self.pipe = AutoPipelineForInpainting.from_pretrained(str(model_dir), torch_dtype=dtype, **kwargs).to(device)
+        self.pipe = AutoPipelineForInpainting.from_pretrained(str(model_dir), dtype=dtype, **kwargs).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.model_id = str(model_dir)
         self.name = f"inpaint:{model_dir.name}"
