@@ -44,10 +44,19 @@ def test_same_seed_is_byte_identical_via_cli_and_other_seed_differs(samples, tmp
     assert main(["samples", "make", str(tmp_path / "again"), "--seed", "0"]) == 0
     first, again = _digests(samples.root), _digests(tmp_path / "again")
     assert len(first) > 150 and first == again
-    other = make_samples(tmp_path / "seed1", seed=1)
+    other = make_samples(tmp_path / "again", seed=1)  # over the seed-0 set: it must be replaced, not mixed
     changed = _digests(other.root)
     common = set(first) & set(changed)
     assert sum(first[k] != changed[k] for k in common) > 0.9 * len(common)
+    for split, n in other.counts["reasonseg"].items():
+        assert len(list((other.reasonseg / split).glob("*.json"))) == n
+
+
+def test_refuses_a_foreign_non_empty_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="samples.json"):
+        make_samples(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_samples_json_lists_layout_counts_and_quirks(samples):
@@ -197,13 +206,16 @@ def test_cocostuff_maps_are_label_images_matching_the_instances(samples, scenes)
     assert 255 in seen and 91 + STUFF_NAMES.index("mirror-stuff") in seen
 
 
-def test_coco_quirks_exif_gray_and_cmyk(samples):
+def test_coco_quirks_exif_gray_and_cmyk(samples, scenes):
     quirks = samples.quirks
+    from pipeline.samples.scenes import rasterise
+
     assert set(quirks["exif_orientation"].values()) >= {6, 8}
-    annotations = {}
+    annotations, segmentations = {}, {}
     for split in ("train2017", "val2017"):
         doc = json.loads((samples.coco / "annotations" / f"instances_{split}.json").read_text())
         annotations.update({f"coco/{split}/{i['file_name']}": i for i in doc["images"]})
+        segmentations.update({a["id"]: a["segmentation"] for a in doc["annotations"]})
     for rel, orientation in quirks["exif_orientation"].items():
         stored = Image.open(samples.root / rel)
         assert stored.getexif()[0x0112] == orientation
@@ -212,6 +224,13 @@ def test_coco_quirks_exif_gray_and_cmyk(samples):
         assert shown.size == (info["width"], info["height"])
         if orientation in (6, 8):
             assert stored.size == (info["height"], info["width"]) != shown.size
+        # Applying the tag must give the annotated orientation: each object's pixels have its colour.
+        pixels = np.asarray(shown.convert("RGB")).astype(float)
+        scene = next(s for s in scenes if s["path"] == rel)
+        for obj in scene["objects"]:
+            if not obj["in_mirror"] and not obj["iscrowd"]:
+                mask = rasterise(segmentations[obj["ann_id"]], info["height"], info["width"])
+                assert np.abs(pixels[mask].mean(axis=0) - obj["rgb"]).max() < 25, obj
     (gray,) = quirks["grayscale"]
     (cmyk,) = quirks["cmyk"]
     assert Image.open(samples.root / gray).mode == "L"

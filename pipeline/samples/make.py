@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,27 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(stream.encode())])
 
 
+def _prepare(root: Path) -> None:
+    """Create root, or clear a previous sample set there (stale files of another seed would mix in).
+
+    A non-empty directory that is not a sample set is refused rather than written into.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / "samples.json").is_file():
+        tops = {rel.split("/")[0] for rel in LAYOUT.values()} | {"instructpix2pix"}
+        for name in sorted(tops):
+            if (root / name).is_dir():
+                shutil.rmtree(root / name)
+        for name in ("samples.json", "scenes.json"):
+            (root / name).unlink(missing_ok=True)
+    elif any(root.iterdir()):
+        raise ValueError(f"{root}: not empty and holds no samples.json; give a new or empty directory for the samples")
+
+
 def make_samples(out_dir: str | Path, seed: int = 0) -> SampleSet:
     """Write all sample datasets under out_dir (see pipeline.samples); same seed → byte-identical files."""
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    _prepare(root)
     samples = SampleSet.at(root, seed=seed)
     counts: dict[str, dict[str, int]] = {}
     quirks: dict[str, Any] = {}
