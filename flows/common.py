@@ -40,23 +40,31 @@ def make_task_runner(kind: RunnerKind, workers: int, dask_address: str | None = 
     raise ValueError(f"task runner {kind!r}: expected one of process, threads, dask")
 
 
-def publish_manifests(flow_name: str, manifests: list[dict[str, Any]], paths: list[Path]) -> None:
-    """A table artifact of the datasets written, and one `shards.built` event per dataset."""
+def publish_manifests(flow_name: str, manifests: list[dict[str, Any]], paths: list[Path], output: str,
+                      announce: bool = True) -> None:
+    """A table artifact of the datasets written, and (``announce``) one `shards.built` event for the run.
+
+    One event per flow run, not per dataset, so that the `train` deployment's trigger starts one
+    training run per batch of new shards. Its payload names the output root and every manifest.
+    """
     rows = []
     for index, path in zip(manifests, paths):
         counts = index["counts"]
         rows.append({
             "dataset": index["name"], "shards": len(index["shardlist"]), "kept": counts["kept"],
-            "rejected": counts["rejected"], "rejects by reason": ", ".join(f"{k} {v}" for k, v in counts["rejected_by_reason"].items()),
+            "rejected": counts["rejected"],
+            "rejects by reason": ", ".join(f"{k} {v}" for k, v in counts["rejected_by_reason"].items()),
             "manifest": str(path),
         })
-        emit_event(
-            event="shards.built",
-            resource={"prefect.resource.id": f"smartedit.dataset.{index['name']}", "smartedit.flow": flow_name},
-            payload={"manifest": str(path), "name": index["name"], "kept": counts["kept"], "rejected": counts["rejected"]},
-        )
     if rows:
         create_table_artifact(key=artifact_key(flow_name, "manifest"), table=rows, description=f"{flow_name}: datasets written")
+    if announce and paths:
+        emit_event(
+            event="shards.built",
+            resource={"prefect.resource.id": f"smartedit.shards.{flow_name}", "smartedit.output": str(output)},
+            payload={"output": str(output), "manifests": [str(p) for p in paths],
+                     "kept": sum(m["counts"]["kept"] for m in manifests)},
+        )
 
 
 def markdown(key: str, text: str, description: str = "") -> None:

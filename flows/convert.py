@@ -2,7 +2,7 @@
 
 Thin: the readers (pipeline/sources/) and the driver (pipeline/convert.py) do the work. Here, one
 task per output shard (never per sample) returns a small stats dict; the flow finalises each
-dataset's manifest, publishes a table artifact and a progress artifact, and emits `shards.built`.
+dataset's manifest, publishes a table artifact and a progress artifact, and emits one `shards.built` event.
 
     prefect deployment run convert-segmentation/convert-segmentation \
         -p sources='[{"source": "refcoco", "root": "/data/refer"}]' -p output=/data/shards
@@ -73,7 +73,7 @@ def _splits(params: SourceParams) -> list[str]:
 
 @flow(name="convert-sources", log_prints=False)
 def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 1000, allowed: tuple[str, ...] = (),
-                    flow_name: str = "convert") -> list[str]:
+                    flow_name: str = "convert", announce: bool = True) -> list[str]:
     """Convert every split of every source; returns the written manifests' paths."""
     from pipeline.convert import dataset_prefix, plan_shards
     from pipeline.fingerprint import tree_fingerprint
@@ -114,31 +114,32 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
         logger.info("%s: %d kept, %d rejected", index["name"], index["counts"]["kept"], index["counts"]["rejected"])
         manifests.append(index)
         paths.append(dataset_dir / INDEX_NAME)
-    publish_manifests(flow_name, manifests, paths)
+    publish_manifests(flow_name, manifests, paths, output, announce)
     return [str(p) for p in paths]
 
 
-def _run(flow_name: str, allowed: tuple[str, ...], sources, output, shard_size, workers, runner, dask_address):
+def _run(flow_name: str, allowed: tuple[str, ...], sources, output, shard_size, workers, runner, dask_address, announce):
     inner = convert_sources.with_options(name=f"{flow_name}-shards", task_runner=make_task_runner(runner, workers, dask_address))
-    return inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name)
+    return inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name,
+                 announce=announce)
 
 
 @flow(name="convert-segmentation")
-def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2,
+def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                          runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
     """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split)."""
-    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address)
+    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address, announce)
 
 
 @flow(name="convert-vqa")
-def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2,
+def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                 runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
     """LLaVA-Instruct-150k → shards."""
-    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address)
+    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address, announce)
 
 
 @flow(name="convert-edit")
-def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2,
+def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                  runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
     """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards."""
-    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address)
+    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address, announce)
