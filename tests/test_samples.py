@@ -92,6 +92,9 @@ def test_coco_annotations_load_in_pycocotools_and_match_the_rendered_truth(sampl
                 obj = by_ann[ann["id"]]
                 mask = coco.annToMask(ann)
                 assert abs(int(mask.sum()) - obj["area"]) <= 2
+                ys, xs = np.nonzero(mask)
+                assert [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] == obj["bbox"]
+                assert np.allclose([xs.mean(), ys.mean()], obj["centroid"], atol=0.5)
                 assert ann["category_id"] == obj["category_id"] and ann["bbox"] == obj["bbox"]
                 assert bool(ann["iscrowd"]) == obj["iscrowd"]
                 if ann["iscrowd"]:
