@@ -148,7 +148,8 @@ def test_refer_pickles_hold_only_builtins_and_resolve_through_instances(samples,
             assert raw[:2] == b"\x80\x02"  # protocol 2
             refs = _BuiltinsOnly(io.BytesIO(raw)).load()
             assert refs == pickle.loads(raw) and len(refs) >= 30
-            assert samples.counts[f"{dataset}_{split_by}"] == {k: sum(r["split"] == k for r in refs) for k in {r["split"] for r in refs}}
+            per_split = {k: sum(r["split"] == k for r in refs) for k in {r["split"] for r in refs}}
+            assert samples.counts[f"{dataset}_{split_by}"] == per_split
             sent_ids = [s["sent_id"] for r in refs for s in r["sentences"]]
             assert len(sent_ids) == len(set(sent_ids))
             for ref in refs:

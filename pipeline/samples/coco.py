@@ -32,7 +32,8 @@ QUIRKS: dict[tuple[str, int], tuple[int | None, str]] = {
     ("train2017", 13): (None, "CMYK"),
 }
 LICENSES = [
-    {"url": "http://creativecommons.org/licenses/by-nc-sa/2.0/", "id": 1, "name": "Attribution-NonCommercial-ShareAlike License"},
+    {"url": "http://creativecommons.org/licenses/by-nc-sa/2.0/", "id": 1,
+     "name": "Attribution-NonCommercial-ShareAlike License"},
     {"url": "http://creativecommons.org/licenses/by-nc/2.0/", "id": 2, "name": "Attribution-NonCommercial License"},
     {"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"},
 ]

@@ -93,8 +93,8 @@ def apply_edit(before: RenderedScene, op: EditOp, rng: np.random.Generator, inde
             raise RuntimeError(f"no room to add a {category} to a {scene.width}x{scene.height} scene")
         scene.objects.append(new)
         index = len(scene.objects) - 1
-        templates = [f"add {_article(new.colour)} {ex.noun(new, True)}", f"put {_article(new.colour)} {ex.noun(new, True)} in the picture"]
         target = f"{_article(new.colour)} {ex.noun(new, True)}"
+        templates = [f"add {target}", f"put {target} in the picture"]
     else:
         raise ValueError(f"edit op {op!r} unknown; expected recolour, replace, remove or add")
     after = render(scene)

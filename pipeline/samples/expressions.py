@@ -105,7 +105,8 @@ def expressions(ctx: ObjectContext, style: Style) -> list[str]:
         if ctx.colour_unique:
             out.append(f"the {noun(o, True)} on the {ctx.position} side of the picture" if ctx.position != "middle"
                        else f"the {noun(o, True)} in the middle of the picture")
-        comparative = {"bigger": "larger", "smaller": "smaller", "biggest": "largest", "smallest": "smallest"}.get(ctx.size or "")
+        comparatives = {"bigger": "larger", "smaller": "smaller", "biggest": "largest", "smallest": "smallest"}
+        comparative = comparatives.get(ctx.size or "")
         if comparative:
             out.append(f"the {comparative} of the {NUMBER_WORDS[ctx.n_siblings]} {plural(cat)}")
         else:

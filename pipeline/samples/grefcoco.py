@@ -83,7 +83,8 @@ def write(root: Path, images: list[CocoImage], rng: np.random.Generator) -> dict
     write_json(root / "grefs(unc).json", refs)
     used = sorted({r["image_id"] for r in refs})
     by_id = {i.image_id: i for i in train}
-    write_json(root / "instances.json", instances_json([by_id[i] for i in used], "grefcoco instances (SmartEdit synthetic sample)"))
+    doc = instances_json([by_id[i] for i in used], "grefcoco instances (SmartEdit synthetic sample)")
+    write_json(root / "instances.json", doc)
     counts: dict[str, int] = {}
     kinds = {"single": 0, "multi": 0, "no_target": 0}
     for r in refs:

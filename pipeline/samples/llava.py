@@ -35,10 +35,11 @@ def _conversation(img: CocoImage, rng: np.random.Generator) -> list[tuple[str, s
     i = img.scene.objects.index(first)
     ctx = ex.context(img.rendered, i)
     if ctx.n_siblings == 1:
-        turns.append((f"What color is the {first.category} in the image?", f"The {first.category} in the image is {first.colour}."))
+        turns.append((f"What color is the {first.category} in the image?",
+                      f"The {first.category} in the image is {first.colour}."))
     else:
         turns.append((f"How many {plural(first.category)} are there in the image?",
-                      f"There are {ex.NUMBER_WORDS.get(ctx.n_siblings, str(ctx.n_siblings))} {plural(first.category)} in the image."))
+                      f"There are {ex.NUMBER_WORDS[ctx.n_siblings]} {plural(first.category)} in the image."))
     if ctx.n_siblings == 1 or ctx.colour_unique:
         turns.append((f"Where is the {ex.noun(first, True)} located?", f"The {ex.noun(first, True)} is {_where(img, i)}."))
     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,6 @@ from pipeline.samples.categories import CATEGORY_ID, UNLABELED, stuff_value, thi
 from pipeline.samples.palette import COLOURS, LOWER_STUFF, MIRROR_FRAME_RGB, MIRROR_GLASS_RGB, UPPER_STUFF
 from pipeline.samples.shapes import ASPECT, category_polygons
 
-SceneKind = Literal["multi", "colours", "people", "mixed", "mirror", "crowd"]
 SCENE_KINDS: tuple[str, ...] = ("multi", "colours", "people", "mixed", "mirror", "crowd")
 # Categories drawn in generic scenes (all have a silhouette); person has its own scene kind.
 COMMON = ("car", "dog", "cat", "bus", "bird", "horse", "sheep", "cup", "bottle", "apple", "clock", "vase",
