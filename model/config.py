@@ -172,11 +172,11 @@ class SmartEditConfig:
     gradient_checkpointing: bool = True
     """Checkpoint the LLM and UNet activations."""
     text_guidance_scale: float = 7.5
-    """s_T at inference."""
+    """s_T at inference (default of the `smartedit edit` CLI)."""
     image_guidance_scale: float = 1.5
-    """s_I at inference (1.4-1.6 tried in the paper)."""
+    """s_I at inference (1.4-1.6 tried in the paper; CLI default)."""
     num_inference_steps: int = 100
-    """Euler-ancestral steps at inference."""
+    """Euler-ancestral steps at inference (CLI default)."""
     seed: int = 0
     """Seed for random initialisation of the new modules (and the tiny preset's random components)."""
 

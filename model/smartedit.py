@@ -102,15 +102,17 @@ class SmartEditModel(nn.Module):
             return _TOKEN_ROWS in name or (stage == 2 and _LORA in name)
         return stage == 2 and (name.startswith("bim.") or name.startswith("unet."))
 
-    def trainable_parameters(self, stage: int | None = None) -> dict[str, nn.Parameter]:
+    def trainable_parameters(self, stage: int | None = None, train_bim: bool = True) -> dict[str, nn.Parameter]:
         """Set requires_grad for ``stage`` (default: config.stage) and return the trainable named parameters.
-        Stage 1: new token rows, QFormer (+queries). Stage 2: + LoRA, BIM, the full UNet."""
+        Stage 1: new token rows, QFormer (+queries). Stage 2: + LoRA, BIM, the full UNet.
+        ``train_bim=False`` keeps BIM frozen; with its zero-initialised heads that is exactly "stage 2 without BIM"
+        (the official code's first 5k steps)."""
         stage = self.config.stage if stage is None else stage
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
         trainable = {}
         for name, param in self.named_parameters():
-            flag = self._is_trainable(name, stage)
+            flag = self._is_trainable(name, stage) and (train_bim or not name.startswith("bim."))
             param.requires_grad_(flag)
             if flag:
                 trainable[name] = param
@@ -327,7 +329,8 @@ def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> Sma
         text_tokenizer,
     )
     if config.gradient_checkpointing and not for_inference:
-        SmartEditLLaVA.inner(llava).gradient_checkpointing_enable()
+        # Non-reentrant: the frozen base has no grad-requiring inputs of its own (only LoRA / token deltas do).
+        SmartEditLLaVA.inner(llava).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         unet.enable_gradient_checkpointing()
     model = SmartEditModel(config, llava, qformer, bim, unet, parts["vae"], processor, null, text_encoder)
     if for_inference:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from model.config import BIMConfig, LoRAConfig, QFormerConfig, SmartEditConfig, get_preset, tiny_config
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def _image(seed: int = 0, size: int = 32) -> Image.Image:

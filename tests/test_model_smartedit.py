@@ -9,7 +9,7 @@ from PIL import Image
 
 from model.config import tiny_config
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def _image(seed: int, size: int = 32) -> Image.Image:
@@ -49,6 +49,10 @@ def test_trainable_parameters_per_stage_match_independent_count(model):
     stage1 = model.trainable_parameters(1)
     assert _numel(stage1.values()) == rows + qformer
     assert {p for p in model.parameters() if p.requires_grad} == set(stage1.values())
+
+    no_bim = model.trainable_parameters(2, train_bim=False)
+    assert _numel(no_bim.values()) == rows + qformer + lora + unet
+    assert not any(p.requires_grad for p in model.bim.parameters())
 
     stage2 = model.trainable_parameters(2)
     assert _numel(stage2.values()) == rows + qformer + lora + bim + unet
@@ -135,7 +139,7 @@ def test_loss_decreases_on_fixed_batch(batch):
     params = list(model.trainable_parameters(2).values())
     opt = torch.optim.AdamW(params, lr=1e-3)
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         out = model(batch, generator=torch.Generator().manual_seed(1))
         opt.zero_grad()
         out["loss"].backward()
