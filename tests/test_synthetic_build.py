@@ -190,3 +190,27 @@ def test_cli_build_and_sheet(scenes, tmp_path, capsys):
     assert main(["shards", "sheet", str(shard), "-o", str(tmp_path / "sheet.png"), "-n", "4"]) == 0
     sheet = Image.open(tmp_path / "sheet.png")
     assert sheet.height == 4 + min(4, n_in_shard) * (160 + 4)
+
+
+def test_leakage_guard_reads_magicbrush_parquet(scenes, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.synthetic.leakage import guard_leakage, load_eval_hashes
+    from pipeline.synthetic.scene import load_index, resolve_inputs
+
+    (split,), scenes_json = resolve_inputs(scenes)
+    records = load_index(str(split.annotations), str(split.images), split.split, ("mirror",), None).records()
+    leaked = records[2]
+    # MagicBrush test parquet: image structs {bytes, path}; the leaked image re-encoded as JPEG
+    buf = io.BytesIO()
+    Image.open(leaked.path).save(buf, "JPEG", quality=90)
+    table = pa.table({"img_id": ["1"], "source_img": [{"bytes": buf.getvalue(), "path": "x.jpg"}],
+                      "instruction": ["make it red"]})
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")
+    hashes = load_eval_hashes((str(tmp_path / "test-00000-of-00001.parquet"),))
+    assert len(hashes.names) == 1
+    out = list(guard_leakage(records, hashes, max_distance=2))
+    dropped = [r for r in out if isinstance(r, Reject)]
+    assert [(r.location, r.reason) for r in dropped] == [(leaked.location, "eval_overlap")]
+    assert len(out) == len(records)

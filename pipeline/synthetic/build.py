@@ -38,7 +38,7 @@ from pipeline.synthetic.masks import SamMasker, load_sam, refine_masks
 from pipeline.synthetic.pair import EditPair, load_pairs
 from pipeline.synthetic.paraphrase import LlmParaphraser, add_paraphrases
 from pipeline.synthetic.scenarios import Quota, scenario_rng, select_targets
-from pipeline.synthetic.scene import load_index, resolve_inputs
+from pipeline.synthetic.scene import analyse_scenes, load_index, resolve_inputs
 from pipeline.writer import atomic_write_text, write_shard
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,6 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
     knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
     quota = Quota({s: int(cfg.scenarios.get(s, 0)) for s in SCENARIOS})
 
-    from pipeline.synthetic.scene import analyse_scenes
-
     counter = StageCounter()
     items: Iterator = counter.wrap("leakage_guard", guard_leakage, ordered, hashes, cfg.phash_max_distance)
     items = counter.wrap("scene_analysis", analyse_scenes, items, indexes, colours, cfg.colour_min_share)
@@ -174,7 +172,7 @@ def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
+    Image.fromarray(array).save(buf, "PNG", compress_level=1)  # 3x faster than 6 for ~10 % more bytes
     return buf.getvalue()
 
 
@@ -227,12 +225,11 @@ def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> d
     counter, kept = StageCounter(), {"scenario": {}, "operation": {}}
     # The writer serialises `extra` after consuming the items, so the counters filled meanwhile are recorded.
     extra = {"yields": counter.counts, "kept_by_scenario": kept["scenario"], "kept_by_operation": kept["operation"]}
-    models = None
 
     def items() -> Iterator[Sample | Reject]:
-        nonlocal models
-        models = load_models(cfg)  # only when the shard is not already complete
-        yield from shard_items(plan["entries"][shard.start:shard.stop], cfg, models, plan.get("scenes_json"), counter, kept)
+        models = load_models(cfg)  # runs only when the shard is not already complete
+        entries = plan["entries"][shard.start:shard.stop]
+        yield from shard_items(entries, cfg, models, plan.get("scenes_json"), counter, kept)
 
     stats = write_shard(output / shard.name, items(), extra=extra)
     return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "sha256": stats.sha256}

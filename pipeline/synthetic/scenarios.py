@@ -67,7 +67,7 @@ def _pick_category(groups: dict[str, list[SceneObject]], minimum: int, rng: np.r
     return str(rng.choice(eligible)) if eligible else None
 
 
-def _gap_ok(scene: Scene, ordered: list[SceneObject], idx: int, cfg: SyntheticConfig) -> float:
+def _gap(scene: Scene, ordered: list[SceneObject], idx: int) -> float:
     """Smallest centroid-x gap between ordered[idx] and its neighbours, as a fraction of the image width."""
     xs = [o.centroid[0] for o in ordered]
     gaps = [abs(xs[idx] - xs[j]) for j in (idx - 1, idx + 1) if 0 <= j < len(xs)]
@@ -82,10 +82,10 @@ def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str)
     options = ["left", "right"] + (["middle"] if len(ordered) == 3 else [])
     position = str(rng.choice(options))
     idx = {"left": 0, "right": len(ordered) - 1, "middle": 1}[position]
-    gap = _gap_ok(scene, ordered, idx, cfg)
+    gap = _gap(scene, ordered, idx)
     if gap < cfg.position_margin:
-        return Reject(where, "ambiguous_position",
-                      f"the {position} {category} is only {gap:.3f} of the width from the next one (margin {cfg.position_margin})")
+        return Reject(where, "ambiguous_position", f"the {position} {category} is only {gap:.3f} of the width "
+                                                   f"from the next one (margin {cfg.position_margin})")
     return ordered[idx], {"position": position}
 
 
@@ -141,15 +141,16 @@ def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -
     ordered = sorted(groups[category], key=lambda o: o.centroid[0])
     n = len(ordered)
     idx = int(rng.integers(n))
-    gap = _gap_ok(scene, ordered, idx, cfg)
+    gap = _gap(scene, ordered, idx)
     if gap < cfg.position_margin:
-        return Reject(where, "ambiguous_position",
-                      f"{category} #{idx + 1} of {n} is only {gap:.3f} of the width from a neighbour (margin {cfg.position_margin})")
+        return Reject(where, "ambiguous_position", f"{category} #{idx + 1} of {n} is only {gap:.3f} of the width "
+                                                   f"from a neighbour (margin {cfg.position_margin})")
     side, ordinal = ("left", idx + 1) if idx < (n + 1) // 2 else ("right", n - idx)
     return ordered[idx], {"side": side, "ordinal": ordinal, "count": n}
 
 
-def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, knowledge: Knowledge | None = None) -> Picked:
+def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str,
+                   knowledge: Knowledge | None = None) -> Picked:
     counts: dict[str, int] = {}
     for obj in scene.objects:  # reflections count: "the pet that purrs" must have one answer
         counts[obj.category] = counts.get(obj.category, 0) + 1
@@ -177,7 +178,8 @@ def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowl
             yield scene
             continue
         crowded = scene.crowded()
-        groups = {c: objs for c, objs in scene.by_category().items() if c not in crowded and c in knowledge.categories}
+        groups = {c: objs for c, objs in scene.by_category().items()
+                  if c not in crowded and c in knowledge.categories}
         for scenario in SCENARIOS:
             if not quota.open(scenario):
                 continue

@@ -1,0 +1,169 @@
+"""Synthetic edit-pair builder throughput.
+
+    python bench/synthetic.py cpu [--repeats 2] [--scenes DIR]      # pairs/s per stage, CPU editor
+    python bench/synthetic.py gpu [--pairs 16] [--batch 8]          # batched vs per-pair inpainting (CUDA)
+
+cpu: the sample data (pipeline.samples.make_samples: rendered COCO-format scenes, 240–640 px) through
+every stage with the CPU editor (CIELAB recolour, biharmonic removal) and annotation masks. Each stage
+runs over the materialised output of the previous one, so its time is its own; the end-to-end figure is
+a full `build` (plan + shards + manifest + export + contact sheet + data card) into a fresh directory.
+
+gpu: a real-size SD-1.5 inpainting architecture (UNet 320/640/1280/1280 with 9 input channels, SD VAE,
+CLIP ViT-L/14 text encoder) at random weights, fp16, saved and loaded through the builder's own
+`InpaintEditor`, 512 px, 50 steps: one pipeline call per batch of pairs vs one call per pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def bench_cpu(scenes: Path | None, repeats: int) -> None:
+    import torch
+
+    from pipeline.records import Reject
+    from pipeline.synthetic import build as b
+    from pipeline.synthetic.colour_naming import load_colour_table
+    from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
+    from pipeline.synthetic.editors import LabEditor, apply_edits
+    from pipeline.synthetic.filters import filter_edits, filter_mask_area
+    from pipeline.synthetic.masks import refine_masks
+    from pipeline.synthetic.pair import load_pairs
+
+    torch.set_num_threads(2)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-synthetic-"))
+    if scenes is None:
+        from pipeline.samples import make_samples
+
+        scenes = make_samples(tmp / "samples", seed=0).root
+    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, shard_size=64)
+    inputs = b.BuildInputs(input=str(scenes))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, torch threads 2")
+
+    rows: dict[str, list[float]] = {}
+    n_pairs = 0
+    for r in range(repeats):
+        plan, t_plan = _timed(b.plan_build, cfg, inputs, tmp / f"plan{r}")
+        jobs = [b.EditJob.from_json(e["job"]) for e in plan["entries"] if "job" in e]
+        n_pairs = len(jobs)
+        scenes_json = plan["scenes_json"]
+        pairs, t_load = _timed(lambda: list(load_pairs(jobs, tuple(cfg.mirror_categories), scenes_json)))
+        pairs, t_mask = _timed(lambda: list(refine_masks(pairs, None, cfg.sam_min_iou, cfg.dilate_px)))
+        pairs, t_area = _timed(lambda: list(filter_mask_area(pairs, cfg)))
+        edited, t_edit = _timed(lambda: list(apply_edits(pairs, LabEditor(load_colour_table()), cfg.batch_size)))
+        kept, t_filter = _timed(lambda: list(filter_edits(edited, cfg, None)))
+        kept = [p for p in kept if not isinstance(p, Reject)]
+        samples, t_encode = _timed(lambda: list(b.to_samples(kept, cfg, {"scenario": {}, "operation": {}})))
+        _, t_total = _timed(b.build, cfg, inputs, tmp / f"build{r}")
+        for name, t in (("plan (leakage, scenes, selection, instructions)", t_plan), ("load pairs", t_load),
+                        ("masks (annotation + dilation)", t_mask), ("mask area filter", t_area),
+                        ("CPU editor (recolour + removal)", t_edit), ("quality filters", t_filter),
+                        ("encode samples (3 PNGs + json)", t_encode), ("end-to-end build", t_total)):
+            rows.setdefault(name, []).append(t)
+    print(f"{n_pairs} planned pairs from the sample data; median of {repeats} runs")
+    print(f"{'stage':<50} {'seconds':>8} {'pairs/s':>9}")
+    for name, times in rows.items():
+        t = statistics.median(times)
+        print(f"{name:<50} {t:8.3f} {n_pairs / t:9.1f}")
+
+
+def _sd15_inpaint_dir(root: Path) -> Path:
+    """Random-weight SD-1.5 inpainting architecture saved like a real checkpoint (fp16)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({ch + "</w>": len(alphabet) + i for i, ch in enumerate(alphabet)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=9, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
+    )
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, vocab_size=49408, max_position_embeddings=77,
+                                        projection_dim=768, hidden_act="quick_gelu"))
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=text, tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77), unet=unet,
+        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                                steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).to(torch.float16)
+    path = root / "sd15-inpaint-random"
+    pipe.save_pretrained(path)
+    return path
+
+
+def bench_gpu(n_pairs: int, batch: int) -> None:
+    import numpy as np
+    import torch
+
+    from pipeline.synthetic.colour_naming import load_colour_table
+    from pipeline.synthetic.editors import InpaintEditor
+    from pipeline.synthetic.instructions import EditJob
+    from pipeline.synthetic.pair import EditPair
+
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu mode needs CUDA (not run: no GPU)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-synthetic-gpu-"))
+    editor = InpaintEditor(_sd15_inpaint_dir(tmp), load_colour_table(), device="cuda", resolution=512, steps=50)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n_pairs):
+        src = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        mask = np.zeros((480, 640), bool)
+        mask[100:300, 200:400] = True
+        job = EditJob(key=f"k{i}", split="bench", image_id=i, file_name=f"{i}.jpg", image_path="-", annotations="-",
+                      width=640, height=480, scenario="left_right", selector={}, target={"ann_id": i},
+                      operation="replace", referent="the left dog", instructions=["Replace the left dog with a fox"],
+                      target_description="a fox", prompt="a photo of a fox", source_caption="", target_caption="",
+                      seed=i)
+        pairs.append(EditPair(job, src, mask, mask=mask, edit_mask=mask))
+    editor.edit(pairs[:1])  # warm-up: kernels, cuDNN autotune
+    print(f"GPU: {torch.cuda.get_device_name()}, SD-1.5 inpainting architecture (random weights), fp16, 512 px, 50 steps")
+    for label, size in (("one call per pair", 1), (f"batched ({batch} per call)", batch)):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for start in range(0, n_pairs, size):
+            editor.edit(pairs[start:start + size])
+        torch.cuda.synchronize()
+        t = time.perf_counter() - t0
+        print(f"{label:<28} {t:8.2f} s  {n_pairs / t:6.2f} pairs/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("cpu")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--scenes", type=Path, help="a sample-data directory (default: make one)")
+    p = sub.add_parser("gpu")
+    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    if args.mode == "cpu":
+        bench_cpu(args.scenes, args.repeats)
+    else:
+        bench_gpu(args.pairs, args.batch)
+
+
+if __name__ == "__main__":
+    main()
