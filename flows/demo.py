@@ -40,7 +40,27 @@ def convert_parameters(samples: Path, shards: Path) -> dict[str, dict]:
             for group, sources in sample_sources(samples).items()}
 
 
-def run_demo(demo_dir: Path, run: Runner) -> None:
+def retrain_parameters(demo_dir: Path) -> dict:
+    """The scheduled-retrain deployment's parameters for the demo: every sample source, tiny preset, few steps."""
+    samples = demo_dir / "samples"
+    return {
+        "sources": sample_sources(samples),
+        "shards": str(demo_dir / "shards"),
+        "runs": str(demo_dir / "runs"),
+        "registry": str(demo_dir / "registry.json"),
+        "benchmark": str(samples / "reason_edit"),
+        "synthetic": {"input": str(samples), "config": {"eval_sets": [str(samples / "reason_edit")]}},
+        "preset": "tiny",
+        "steps": 4,
+        "num_inference_steps": 4,
+    }
+
+
+def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, float], str | None] | None = None) -> None:
+    """samples → convert-* → build-synthetic (its `shards.built` event triggers `train`) → scheduled-retrain
+    (convert what changed, train from the champion, evaluate, promote) → print the evaluation table."""
+    import json
+
     from pipeline.manifest import find_manifests
     from pipeline.samples import make_samples
     from pipeline.verify import verify_dataset
@@ -49,11 +69,30 @@ def run_demo(demo_dir: Path, run: Runner) -> None:
     make_samples(samples, seed=0)
     print(f"sample data (official layouts): {samples}")
     for deployment, parameters in convert_parameters(samples, shards).items():
-        run(deployment, parameters)
+        run(deployment, {**parameters, "announce": False})
+
+    started = run("build-synthetic/build-synthetic", {
+        "input": str(samples), "output": str(shards / "synthetic"), "eval_sets": [str(samples / "reason_edit")],
+        "shard_size": 16})
+    if wait_for_triggered is not None:
+        state = wait_for_triggered("train/train", started["started"])
+        print(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")
+
     manifests = find_manifests(shards)
     bad = [m for m in manifests if not verify_dataset(m).ok]
     if bad:
         raise RuntimeError(f"verify failed for {bad}; run `smartedit shards verify {shards}` for details")
     print(f"\nshards and manifests ({len(manifests)} datasets, all verified): {shards}")
     print(f"  inspect: .venv/bin/smartedit shards inspect {shards}")
-    print(f"  verify:  .venv/bin/smartedit shards verify {shards}")
+    print(f"  contact sheet and data card: {shards / 'synthetic'}")
+
+    result = run("retrain/scheduled-retrain", retrain_parameters(demo_dir))
+    registry = json.loads((demo_dir / "registry.json").read_text())
+    last = registry["history"][-1]
+    print(f"\nchampion registry: {demo_dir / 'registry.json'} "
+          f"(last decision: {'promoted' if last['decision']['promote'] else 'kept champion'})")
+    report = Path(last["pipeline"]).parents[1] / "eval" / "report.md"
+    print(f"pipeline: {last['pipeline']}\n  try: .venv/bin/smartedit edit --model {last['pipeline']} "
+          f"--image {samples / 'reason_edit' / '1-Left-Right' / '001.png'} --instruction 'Remove the left object' -o edited.png")
+    print(f"\nevaluation report: {report}\n")
+    print(report.read_text() if report.exists() else f"(no report at {report}: {result})")

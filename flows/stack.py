@@ -143,15 +143,40 @@ def status() -> None:
 
 def run(deployment: str, parameters: dict, timeout: float = 1800) -> dict:
     """Run a deployment through the stack's workers and wait for it; raise if it does not complete."""
+    from datetime import datetime, timezone
+
     os.environ.update(stack_env())
     from prefect.deployments import run_deployment
 
+    started = datetime.now(timezone.utc).isoformat()
+    t0 = time.monotonic()
     flow_run = run_deployment(deployment, parameters=parameters, timeout=timeout, poll_interval=1)
     state = flow_run.state
-    print(f"{deployment}: {state.name} (flow run {flow_run.id})")
+    print(f"{deployment}: {state.name} in {time.monotonic() - t0:.0f} s (flow run {flow_run.id})")
     if not state.is_completed():
         raise RuntimeError(f"{deployment} ended {state.name}: {state.message}; worker logs in {LOGS}")
-    return {"flow_run_id": str(flow_run.id)}
+    return {"flow_run_id": str(flow_run.id), "started": started}
+
+
+def wait_for_triggered(deployment: str, after: str, timeout: float = 900) -> str | None:
+    """Wait for the first run of ``deployment`` created after ``after`` (ISO time) to finish; its state name."""
+    from datetime import datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStartTime
+
+    os.environ.update(stack_env())
+    flow_name, _, deployment_name = deployment.partition("/")
+    since = datetime.fromisoformat(after)
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])))
+                    if r.created and r.created >= since]
+            if runs and runs[0].state and runs[0].state.is_final():
+                return runs[0].state.name
+            time.sleep(2)
+    return None
 
 
 def demo() -> None:
@@ -159,7 +184,7 @@ def demo() -> None:
     from flows.demo import run_demo
 
     start()
-    run_demo(DEMO, run)
+    run_demo(DEMO, run, wait_for_triggered)
     print(f"\nPrefect UI: {UI_URL}    stop everything with: make stop")
 
 
