@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.common import RunnerKind, artifact_key, make_task_runner
+from flows.common import RunnerKind, artifact_key, make_task_runner, publish_manifests
 
 
 def gpu_slot(device: str):
@@ -90,9 +90,11 @@ def build_synthetic(
     options: dict[str, Any] | None = None,
     workers: int = 1,
     runner: RunnerKind = "threads",
+    announce: bool = True,
 ) -> dict[str, Any]:
     """Plan, write one shard per task, finalise. ``options``: any other SyntheticConfig field (thresholds,
-    inpainting steps and resolution, ...). Returns paths and counts."""
+    inpainting steps and resolution, ...). ``announce``: emit `shards.built` (starts the `train`
+    deployment's trigger); pass False when a calling flow trains itself. Returns paths and counts."""
     from pipeline.synthetic.build import BuildInputs
     from pipeline.synthetic.config import SyntheticConfig
 
@@ -110,6 +112,10 @@ def build_synthetic(
     inner(config_json=config_json, output=output, n_shards=n_shards)
     result = finalize_task(config_json, output)
     _publish(result)
+    from pipeline.manifest import load_manifest
+
+    manifest = Path(result["manifest"])
+    publish_manifests("build-synthetic", [load_manifest(manifest)], [manifest], output, announce=announce)
     logger.info("build-synthetic: %d pairs kept, %d dropped, in %s", result["kept"], result["rejected"], output)
     return {k: v for k, v in result.items() if k != "yields"}
 
