@@ -294,8 +294,9 @@ def markdown(result: dict) -> str:
         if r.get("oom"):
             lines.append(f"| {r['micro_batch']} | OOM | | | |")
             continue
-        lines.append(f"| {r['micro_batch']} | {r['step_s']:.4f} | {r['samples_per_s']:.2f} | "
-                     f"{r.get('peak_mem_gib', float('nan')):.1f} | {r.get('mfu', float('nan')):.3f} |")
+        peak = f"{r['peak_mem_gib']:.1f}" if "peak_mem_gib" in r else "–"
+        mfu = f"{r['mfu']:.3f}" if "mfu" in r else "–"
+        lines.append(f"| {r['micro_batch']} | {r['step_s']:.4f} | {r['samples_per_s']:.2f} | {peak} | {mfu} |")
     if "data" in result:
         d = result["data"]
         lines += ["", f"data path (read + decode + render at {d['resolution']} px): {d['samples_per_s']:.0f} samples/s"]
