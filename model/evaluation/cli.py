@@ -25,6 +25,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         clip_dir=args.clip,
         lpips_dir=args.lpips,
         device=args.device,
+        editor_kwargs={k: v for k, v in (("num_inference_steps", args.steps),
+                                         ("text_guidance_scale", args.text_guidance),
+                                         ("image_guidance_scale", args.image_guidance)) if v is not None},
         progress=progress,
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
@@ -63,7 +66,10 @@ def register(subparsers) -> None:
     p.add_argument("--lpips", default=None, metavar="DIR",
                    help="local LPIPS weights directory: alexnet.pth/squeezenet1_1.pth [+ alex.pth/squeeze.pth]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds, one edit per seed (default 0)")
-    p.add_argument("--device", default="cpu", help="device for the metric networks (default cpu)")
+    p.add_argument("--device", default="cpu", help="device for the pipeline and the metric networks (default cpu)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (pipeline default: 100, the paper's)")
+    p.add_argument("--text-guidance", type=float, default=None, help="text guidance scale s_T (pipeline default 7.5)")
+    p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale s_I (pipeline default 1.5)")
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("ins-align", help="Ins-align figures from judging-page exports (JSON)")

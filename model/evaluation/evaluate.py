@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from model.evaluation.metrics import MetricsConfig, ReasonEditMetrics
 from model.evaluation.reason_edit import EditItem, read_benchmark
@@ -30,19 +30,28 @@ logger = logging.getLogger(__name__)
 
 
 class Editor(Protocol):
-    """What is evaluated: ``editor(image, instruction, generator=...) -> PIL image`` (SmartEditPipeline's call)."""
+    """What is evaluated: ``editor(image, instruction, generator=..., **editor_kwargs)`` returning a PIL image or a
+    one-element list of them (SmartEditPipeline's call returns a list)."""
 
-    def __call__(self, image: Image.Image, instruction: str, *, generator: torch.Generator) -> Image.Image: ...
+    def __call__(self, image: Image.Image, instruction: str, *, generator: torch.Generator) -> Any: ...
 
 
-def load_editor(model_dir: Path | str) -> Editor:
-    """SmartEditPipeline from a saved pipeline directory."""
+def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
+    """SmartEditPipeline from a saved pipeline directory (``save_pretrained`` output)."""
     from model.pipeline import SmartEditPipeline
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: pipeline directory not found")
-    return SmartEditPipeline.from_pretrained(model_dir)
+    return SmartEditPipeline.from_pretrained(model_dir, device=device)
+
+
+def _one_image(output: Any, key: str) -> Image.Image:
+    if isinstance(output, (list, tuple)) and len(output) == 1:
+        output = output[0]
+    if not hasattr(output, "convert"):
+        raise TypeError(f"editor returned {type(output).__name__} for {key}; expected a PIL image (or a list of one)")
+    return output
 
 
 def _official_flags(protocol: str, items: list[EditItem]) -> list[str]:
@@ -70,6 +79,7 @@ def evaluate(
     clip_dir: Path | str | None = None,
     lpips_dir: Path | str | None = None,
     device: str = "cpu",
+    editor_kwargs: dict[str, Any] | None = None,
     metrics_config: MetricsConfig | None = None,
     judging_page: bool = True,
     grids: bool = True,
@@ -78,7 +88,9 @@ def evaluate(
     """Edit every benchmark item with every seed, score the edits, write outputs and the report to ``out_dir``.
 
     ``editor`` is a callable (see ``Editor``) or a SmartEditPipeline directory; ``benchmark`` a Reason-Edit
-    directory, evaluation shards (directory of .tar, a .tar, or a brace pattern) or a list of items.
+    directory, evaluation shards (directory of .tar, a .tar, or a brace pattern) or a list of items. ``device``
+    runs the metric networks and a pipeline loaded from a directory; ``editor_kwargs`` go to every editor call
+    (e.g. ``num_inference_steps``, ``image_guidance_scale``).
     Each seed gets its own ``torch.Generator().manual_seed(seed)`` per item, so results do not depend on order.
     """
     import torch
@@ -93,7 +105,8 @@ def evaluate(
     if not items:
         raise ValueError(f"{benchmark}: no items to evaluate")
     model_name = str(editor) if isinstance(editor, (str, Path)) else getattr(editor, "__name__", type(editor).__name__)
-    edit = load_editor(editor) if isinstance(editor, (str, Path)) else editor
+    edit = load_editor(editor, device) if isinstance(editor, (str, Path)) else editor
+    editor_kwargs = dict(editor_kwargs or {})
     metrics = ReasonEditMetrics.build(config, clip_dir=clip_dir, lpips_dir=lpips_dir, device=device)
 
     out_dir = Path(out_dir)
@@ -106,9 +119,8 @@ def evaluate(
         (out_dir / input_rel).parent.mkdir(parents=True, exist_ok=True)
         image.resize((config.size, config.size), Image.Resampling.BICUBIC).save(out_dir / input_rel)
         for s, seed in enumerate(seeds):
-            output = edit(image, item.instruction, generator=torch.Generator().manual_seed(int(seed)))
-            if not hasattr(output, "convert"):
-                raise TypeError(f"editor returned {type(output).__name__} for {item.key}; expected a PIL image")
+            generator = torch.Generator().manual_seed(int(seed))
+            output = _one_image(edit(image, item.instruction, generator=generator, **editor_kwargs), item.key)
             output_rel = f"outputs/{item.key}_s{seed}.png"
             (out_dir / output_rel).parent.mkdir(parents=True, exist_ok=True)
             output.convert("RGB").save(out_dir / output_rel)
@@ -141,6 +153,7 @@ def evaluate(
             **asdict(config),
             "clip_dir": str(clip_dir) if clip_dir else None,
             "lpips_dir": str(lpips_dir) if lpips_dir else None,
+            "editor_kwargs": editor_kwargs,
         },
     )
     write_report_files(report, out_dir)
