@@ -89,15 +89,15 @@ def build_tiny_unet(cross_attention_dim: int, seed: int = 0) -> UNet2DConditionM
 
 
 def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
-    """Tiny random VAE (diffusers' test sizes): 4 latent channels, downsampling ×2."""
+    """Tiny random VAE: 4 latent channels and SD's four levels (downsampling ×8), so that a 256 px edit runs
+    the UNet on 32×32 latents as the real model does (a ×2 VAE would put attention over 128×128)."""
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     )
 
 
