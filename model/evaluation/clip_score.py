@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 logger = logging.getLogger(__name__)

@@ -21,10 +21,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from PIL import Image
+from typing import Any
 
 JUDGEMENTS_FORMAT = "smartedit-ins-align-judgements-v1"
 

@@ -189,12 +189,12 @@ class EvaluationReport:
         ]
         for row in paper.rows:
             cells = [f"{row.method} (paper)", f"paper ({paper.protocol})"]
-            cells += [_fmt(getattr(getattr(row, g), m), m) for g in GROUPS for m in TABLE_METRICS]
+            cells += [_fmt(getattr(getattr(row, g), m)) for g in GROUPS for m in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
         ours = [f"**ours: {Path(self.model).name or self.model}**", f"**{self.protocol}**"]
         for g in GROUPS:
             agg = self.groups.get(g)
-            ours += [_fmt(getattr(agg, m) if agg else None, m) for m in TABLE_METRICS]
+            ours += [_fmt(getattr(agg, m) if agg else None) for m in TABLE_METRICS]
         lines.append("| " + " | ".join(ours) + " |")
         if self.seed_std:
             lines += ["", "Standard deviation across seeds: " + "; ".join(
@@ -204,7 +204,7 @@ class EvaluationReport:
         lines += ["", "## Per category", "", "| " + " | ".join(cat_header) + " |", "|" + "---|" * len(cat_header)]
         group_of = {r.category: r.group for r in self.records}
         for name, agg in self.categories.items():
-            cells = [name, group_of.get(name, ""), str(agg.n)] + [_fmt(getattr(agg, m), m) for m in TABLE_METRICS]
+            cells = [name, group_of.get(name, ""), str(agg.n)] + [_fmt(getattr(agg, m)) for m in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
         missing = {c: a.missing for c, a in self.categories.items() if a.missing}
         if missing:
@@ -213,7 +213,7 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
 
-def _fmt(value: float | None, metric: str) -> str:
+def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.3f}"  # three decimals for every metric, as Table 1 prints them
