@@ -44,7 +44,7 @@ bench: venv
 
 # Re-resolve constraints.txt from the current venv (after changing dependencies in pyproject.toml).
 lock: venv
-	@{ head -4 constraints.txt; $(PIP) freeze | grep -v -E "^-e |^smartedit|^torch==|^torchvision==" | sort -f; echo "torch==2.13.0"; } > constraints.lock.tmp
+	@{ head -4 constraints.txt; $(PIP) freeze | grep -v -E "^-e |^smartedit|^# Editable|^torch==|^torchvision==" | sort -f; echo "torch==2.13.0"; } > constraints.lock.tmp
 	@mv constraints.lock.tmp constraints.txt
 
 clean-demo: stop

@@ -163,7 +163,7 @@ def wait_for_triggered(deployment: str, after: str, timeout: float = 900) -> str
     from datetime import datetime
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     os.environ.update(stack_env())
     flow_name, _, deployment_name = deployment.partition("/")

@@ -13,7 +13,6 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -126,35 +125,7 @@ def train(
     return summary
 
 
-def register(subparsers) -> None:
-    """`smartedit train ...`: run the flow in this process (no server needed: Prefect runs it ephemerally)."""
-    parser = subparsers.add_parser("train", help="train a SmartEdit stage (Prefect flow `train`)")
-    _add_arguments(parser)
-    parser.set_defaults(func=_handle)
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", help="tiny, 7b, 13b, 7b-code, 13b-code")
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
-    parser.add_argument("--manifest", action="append", required=True, help="a shardindex.json (repeatable)")
-    parser.add_argument("--output-dir", default="runs/smartedit")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--resume", default="latest", help="'latest', a checkpoint dir, or '' for a fresh start")
-    parser.add_argument("--init-from", default=None, help="stage 2: a stage-1 checkpoint dir")
-    parser.add_argument("--allow-missing-sources", action="store_true", help="stage 2: drop mixture leaves without data")
-    parser.add_argument("--model-json", default=None, help='model overrides as JSON, e.g. \'{"llava_dir": "..."}\'')
-
-
-def _handle(args: argparse.Namespace) -> int:
-    summary = train(preset=args.preset, stage=args.stage, manifests=args.manifest, output_dir=args.output_dir,
-                    steps=args.steps, resume=args.resume, init_from=args.init_from,
-                    allow_missing_sources=args.allow_missing_sources,
-                    model=json.loads(args.model_json) if args.model_json else None)
-    print(json.dumps(summary, indent=1))
-    return 0
-
-
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description="SmartEdit training flow")
-    _add_arguments(_parser)
-    raise SystemExit(_handle(_parser.parse_args()))
+    from model.train_cli import main
+
+    raise SystemExit(main())

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "pipeline.convert_cli",
     "pipeline.synthetic.cli",
     "model.cli",
+    "model.train_cli",
     "model.evaluation.cli",
 )
 
