@@ -12,23 +12,13 @@ warns and runs when that limit does not exist (as under the test harness), the l
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.common import RunnerKind, artifact_key, make_task_runner, publish_manifests
-
-
-def gpu_slot(device: str):
-    """A slot of the global ``gpu`` concurrency limit for CUDA work; nothing on CPU."""
-    if not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    from prefect.concurrency.sync import concurrency
-
-    return concurrency("gpu", occupy=1, strict=False)
+from flows.common import RunnerKind, artifact_key, gpu_slot, is_io_error, make_task_runner, publish_manifests
 
 
 @task(task_run_name="plan")
@@ -41,17 +31,7 @@ def plan_task(config_json: str, inputs_json: str, output: str) -> int:
     return len(shard_plans(plan, cfg))
 
 
-def _is_io_error(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@task(retries=1, retry_delay_seconds=5, retry_condition_fn=_is_io_error, task_run_name="shard-{shard_index}")
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=is_io_error, task_run_name="shard-{shard_index}")
 def shard_task(config_json: str, output: str, shard_index: int) -> dict[str, Any]:
     from pipeline.synthetic.build import build_shard
     from pipeline.synthetic.config import SyntheticConfig

@@ -71,6 +71,17 @@ def markdown(key: str, text: str, description: str = "") -> None:
     create_markdown_artifact(key=artifact_key(key), markdown=text, description=description)
 
 
+def is_io_error(task, task_run, state) -> bool:
+    """A task's retry condition: retry only what may pass on a second try (I/O errors), never bad data or bugs."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
 GPU_LIMIT = "gpu"
 
 

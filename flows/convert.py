@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
-from flows.common import RunnerKind, make_task_runner, publish_manifests
+from flows.common import RunnerKind, is_io_error, make_task_runner, publish_manifests
 
 SEGMENTATION = ("cocostuff", "refcoco", "refcoco+", "refcocog", "grefcoco", "reasonseg")
 VQA = ("llava-instruct",)
@@ -43,18 +43,7 @@ def _reader(source: str, root: str, split: str, options_json: str):
     return get_reader(source, root, split, **json.loads(options_json))
 
 
-def _is_io_error(task, task_run, state) -> bool:
-    """Retry only what may pass on a second try: I/O errors, not bad data or bugs."""
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_is_io_error, task_run_name="{source}-{split}-shard-{shard_index}")
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=is_io_error, task_run_name="{source}-{split}-shard-{shard_index}")
 def convert_shard_task(source: str, root: str, split: str, options_json: str, shard_index: int, shard_size: int,
                        dataset_dir: str) -> dict[str, Any]:
     from pipeline.convert import convert_shard, dataset_prefix, plan_shards

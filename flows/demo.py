@@ -40,6 +40,11 @@ def convert_parameters(samples: Path, shards: Path) -> dict[str, dict]:
             for group, sources in sample_sources(samples).items()}
 
 
+def synthetic_parameters(samples: Path) -> dict:
+    """build-synthetic's settings for the demo; the retrain step reuses them (a finished build is then kept)."""
+    return {"eval_sets": [str(samples / "reason_edit")], "shard_size": 16}
+
+
 def retrain_parameters(demo_dir: Path) -> dict:
     """The scheduled-retrain deployment's parameters for the demo: every sample source, tiny preset, few steps."""
     samples = demo_dir / "samples"
@@ -49,7 +54,7 @@ def retrain_parameters(demo_dir: Path) -> dict:
         "runs": str(demo_dir / "runs"),
         "registry": str(demo_dir / "registry.json"),
         "benchmark": str(samples / "reason_edit"),
-        "synthetic": {"input": str(samples), "config": {"eval_sets": [str(samples / "reason_edit")]}},
+        "synthetic": {"input": str(samples), "config": synthetic_parameters(samples)},
         "preset": "tiny",
         "steps": 4,
         "num_inference_steps": 4,
@@ -71,9 +76,8 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
     for deployment, parameters in convert_parameters(samples, shards).items():
         run(deployment, {**parameters, "announce": False})
 
-    started = run("build-synthetic/build-synthetic", {
-        "input": str(samples), "output": str(shards / "synthetic"), "eval_sets": [str(samples / "reason_edit")],
-        "shard_size": 16})
+    started = run("build-synthetic/build-synthetic",
+                  {"input": str(samples), "output": str(shards / "synthetic"), **synthetic_parameters(samples)})
     if wait_for_triggered is not None:
         state = wait_for_triggered("train/train", started["started"])
         print(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")

@@ -14,31 +14,26 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import artifact_key, markdown
+from flows.common import artifact_key, gpu_slot, markdown
 
-GPU_LIMIT = "gpu"
+def expand_manifests(manifests: list[str] | str | None) -> list[str]:
+    """A path or a list of paths; a directory stands for every shardindex.json below it (how the
+    `shards.built` trigger passes the event's output root)."""
+    from pipeline.manifest import find_manifests
 
-
-def _ensure_gpu_limit(slots: int) -> None:
-    """Create the `gpu` global concurrency limit when it is missing (3.8.8 would otherwise skip acquisition)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-            return
-        except ObjectNotFound:
-            pass
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=max(1, slots)))
-        except ObjectAlreadyExists:  # another run created it first
-            pass
+    paths = [manifests] if isinstance(manifests, str) else list(manifests or [])
+    expanded: list[str] = []
+    for path in paths:
+        found = find_manifests(path) if Path(path).is_dir() else [Path(path)]
+        if not found:
+            raise ValueError(f"train: {path} holds no shardindex.json; convert or build shards there first")
+        expanded += [str(p) for p in found]
+    return expanded
 
 
 def _summary(result) -> dict[str, Any]:
@@ -61,16 +56,9 @@ def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
         from model.train_stage1 import train_stage1 as recipe
     else:
         from model.train_stage2 import train_stage2 as recipe
-    logger = get_run_logger()
-    if torch.cuda.is_available() and not cfg.cpu:
-        from prefect.concurrency.sync import concurrency
-
-        _ensure_gpu_limit(torch.cuda.device_count())
-        logger.info("waiting for a `%s` concurrency slot", GPU_LIMIT)
-        with concurrency(GPU_LIMIT, occupy=1, strict=True):
-            result = recipe(cfg)
-    else:
-        logger.info("no GPU: training on CPU without a concurrency slot")
+    device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
+    get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
+    with gpu_slot(device):
         result = recipe(cfg)
     return _summary(result)
 
@@ -91,7 +79,7 @@ def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
 def train(
     preset: str = "tiny",
     stage: int = 2,
-    manifests: list[str] | None = None,
+    manifests: list[str] | str | None = None,
     output_dir: str = "runs/smartedit",
     steps: int | None = None,
     resume: str | None = "latest",
@@ -101,14 +89,15 @@ def train(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one stage. preset: training preset (tiny, 7b, 13b, 7b-code, 13b-code); manifests: shardindex.json
-    paths (stage 1: captions; stage 2: the mixture's sources); resume: "latest" (default: continue a rerun from
+    paths or directories holding them (stage 1: captions; stage 2: the mixture's sources); resume: "latest" (default: continue a rerun from
     its newest checkpoint), a checkpoint dir, or null; init_from: stage 2 only, a stage-1 checkpoint; model:
     model-config overrides (checkpoint dirs); overrides: any other TrainConfig fields. Returns the summary dict."""
     from model.train_config import get_train_preset
 
+    manifests = expand_manifests(manifests)
     if not manifests:
         raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
-    fields = {"manifests": list(manifests), "output_dir": output_dir, "resume": resume or None,
+    fields = {"manifests": manifests, "output_dir": output_dir, "resume": resume or None,
               "model": dict(model or {}), **(overrides or {})}
     if steps is not None:
         fields["steps"] = steps

@@ -35,14 +35,19 @@ def test_flow_builds_resumes_and_publishes(prefect_harness, tmp_path):
 
 
 def test_gpu_slot_runs_without_a_gpu_limit(prefect_harness):
-    """The harness has no `gpu` concurrency limit: a CUDA shard must still run (Prefect warns, strict=False)."""
+    """The harness has no `gpu` concurrency limit: CUDA work creates it, then holds a slot strictly."""
     from prefect import flow
+    from prefect.client.orchestration import get_client
 
-    from flows.build_synthetic import gpu_slot
+    from flows.common import GPU_LIMIT, gpu_slot
 
     @flow
-    def uses_slot() -> str:
+    def uses_slot() -> int:
         with gpu_slot("cuda:0"):
-            return "ran"
+            with get_client(sync_client=True) as client:
+                return client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots
 
-    assert uses_slot() == "ran"
+    assert uses_slot() == 1
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+        client.delete_global_concurrency_limit_by_name(GPU_LIMIT)

@@ -54,10 +54,10 @@ def test_gpu_limit_is_created_once_and_then_guards_strictly(prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
-    from flows.train import GPU_LIMIT, _ensure_gpu_limit
+    from flows.common import GPU_LIMIT, ensure_gpu_limit
 
-    _ensure_gpu_limit(2)
-    _ensure_gpu_limit(5)  # exists already: left as it is
+    ensure_gpu_limit(2)
+    ensure_gpu_limit(5)  # exists already: left as it is
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
         assert limit.limit == 2
@@ -65,3 +65,19 @@ def test_gpu_limit_is_created_once_and_then_guards_strictly(prefect_harness):
             assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
         client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
+
+
+def test_manifests_parameter_takes_a_path_or_a_directory_of_datasets(tmp_path):
+    """The `shards.built` trigger passes the event's output root as one string."""
+    from test_shards import build
+
+    from flows.train import expand_manifests
+
+    build(tmp_path / "root" / "a", n=4)
+    build(tmp_path / "root" / "b", n=4)
+    found = expand_manifests(str(tmp_path / "root"))
+    assert found == [str(tmp_path / "root" / d / "shardindex.json") for d in ("a", "b")]
+    assert expand_manifests([found[0]]) == [found[0]]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no shardindex.json"):
+        expand_manifests(str(tmp_path / "empty"))
