@@ -8,9 +8,11 @@ verify every manifest. Later steps (build-synthetic, train, evaluate) run when t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+log = logging.getLogger("smartedit.demo")
 Runner = Callable[[str, dict], dict]
 
 
@@ -72,7 +74,7 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
 
     samples, shards = demo_dir / "samples", demo_dir / "shards"
     make_samples(samples, seed=0)
-    print(f"sample data (official layouts): {samples}")
+    log.info(f"sample data (official layouts): {samples}")
     for deployment, parameters in convert_parameters(samples, shards).items():
         run(deployment, {**parameters, "announce": False})
 
@@ -80,23 +82,23 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
                   {"input": str(samples), "output": str(shards / "synthetic"), **synthetic_parameters(samples)})
     if wait_for_triggered is not None:
         state = wait_for_triggered("train/train", started["started"])
-        print(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")
+        log.info(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")
 
     manifests = find_manifests(shards)
     bad = [m for m in manifests if not verify_dataset(m).ok]
     if bad:
         raise RuntimeError(f"verify failed for {bad}; run `smartedit shards verify {shards}` for details")
-    print(f"\nshards and manifests ({len(manifests)} datasets, all verified): {shards}")
-    print(f"  inspect: .venv/bin/smartedit shards inspect {shards}")
-    print(f"  contact sheet and data card: {shards / 'synthetic'}")
+    log.info(f"\nshards and manifests ({len(manifests)} datasets, all verified): {shards}")
+    log.info(f"  inspect: .venv/bin/smartedit shards inspect {shards}")
+    log.info(f"  contact sheet and data card: {shards / 'synthetic'}")
 
     result = run("retrain/scheduled-retrain", retrain_parameters(demo_dir))
     registry = json.loads((demo_dir / "registry.json").read_text())
     last = registry["history"][-1]
-    print(f"\nchampion registry: {demo_dir / 'registry.json'} "
+    log.info(f"\nchampion registry: {demo_dir / 'registry.json'} "
           f"(last decision: {'promoted' if last['decision']['promote'] else 'kept champion'})")
     report = Path(last["pipeline"]).parents[1] / "eval" / "report.md"
-    print(f"pipeline: {last['pipeline']}\n  try: .venv/bin/smartedit edit --model {last['pipeline']} "
+    log.info(f"pipeline: {last['pipeline']}\n  try: .venv/bin/smartedit edit --model {last['pipeline']} "
           f"--image {samples / 'reason_edit' / '1-Left-Right' / '001.png'} --instruction 'Remove the left object' -o edited.png")
-    print(f"\nevaluation report: {report}\n")
-    print(report.read_text() if report.exists() else f"(no report at {report}: {result})")
+    log.info(f"\nevaluation report: {report}\n")
+    log.info(report.read_text() if report.exists() else f"(no report at {report}: {result})")

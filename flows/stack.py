@@ -132,13 +132,13 @@ def stop() -> None:
         except (ProcessLookupError, ValueError):
             pass
         pid_file.unlink(missing_ok=True)
-        print(f"stopped {pid_file.stem}")
+        log.info(f"stopped {pid_file.stem}")
 
 
 def status() -> None:
-    print(f"server {'up' if server_healthy() else 'down'} at {UI_URL}")
+    log.info(f"server {'up' if server_healthy() else 'down'} at {UI_URL}")
     for pid_file in sorted(PIDS.glob("*.pid")) if PIDS.exists() else []:
-        print(f"{pid_file.stem}: pid {pid_file.read_text()} {'alive' if _alive(pid_file.stem) else 'dead'}")
+        log.info(f"{pid_file.stem}: pid {pid_file.read_text()} {'alive' if _alive(pid_file.stem) else 'dead'}")
 
 
 def run(deployment: str, parameters: dict, timeout: float = 1800) -> dict:
@@ -152,7 +152,7 @@ def run(deployment: str, parameters: dict, timeout: float = 1800) -> dict:
     t0 = time.monotonic()
     flow_run = run_deployment(deployment, parameters=parameters, timeout=timeout, poll_interval=1)
     state = flow_run.state
-    print(f"{deployment}: {state.name} in {time.monotonic() - t0:.0f} s (flow run {flow_run.id})")
+    log.info(f"{deployment}: {state.name} in {time.monotonic() - t0:.0f} s (flow run {flow_run.id})")
     if not state.is_completed():
         raise RuntimeError(f"{deployment} ended {state.name}: {state.message}; worker logs in {LOGS}")
     return {"flow_run_id": str(flow_run.id), "started": started}
@@ -185,7 +185,7 @@ def demo() -> None:
 
     start()
     run_demo(DEMO, run, wait_for_triggered)
-    print(f"\nPrefect UI: {UI_URL}    stop everything with: make stop")
+    log.info(f"\nPrefect UI: {UI_URL}    stop everything with: make stop")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,6 +115,6 @@ def train(
 
 
 if __name__ == "__main__":
-    from model.train_cli import main
+    from model.cli import train_main
 
-    raise SystemExit(main())
+    raise SystemExit(train_main())

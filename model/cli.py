@@ -1,13 +1,19 @@
-"""``smartedit edit``: edit one image with a saved SmartEdit pipeline folder."""
+"""The model's commands: ``smartedit edit`` (one image with a saved pipeline folder) and ``smartedit train``
+(the `train` flow in this process; Prefect runs it ephemerally, no server needed).
+
+    smartedit train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def register(subparsers) -> None:
-    """Add the ``edit`` subcommand."""
+    """Add the ``edit`` and ``train`` subcommands."""
+    register_train(subparsers)
     p = subparsers.add_parser("edit", help="edit an image with a SmartEdit pipeline folder")
     p.add_argument("--model", required=True, help="folder written by SmartEditPipeline.save_pretrained")
     p.add_argument("--image", required=True, help="input image file")
@@ -57,3 +63,39 @@ def _edit(args: argparse.Namespace) -> int:
     edited.save(args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def register_train(subparsers) -> None:
+    """`smartedit train ...`: run the flow in this process (no server needed: Prefect runs it ephemerally)."""
+    parser = subparsers.add_parser("train", help="train a SmartEdit stage (Prefect flow `train`)")
+    add_train_arguments(parser)
+    parser.set_defaults(func=_train)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny", help="tiny, 7b, 13b, 7b-code, 13b-code")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--manifest", action="append", required=True, help="a shardindex.json (repeatable)")
+    parser.add_argument("--output-dir", default="runs/smartedit")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--resume", default="latest", help="'latest', a checkpoint dir, or '' for a fresh start")
+    parser.add_argument("--init-from", default=None, help="stage 2: a stage-1 checkpoint dir")
+    parser.add_argument("--allow-missing-sources", action="store_true", help="stage 2: drop mixture leaves without data")
+    parser.add_argument("--model-json", default=None, help='model overrides as JSON, e.g. \'{"llava_dir": "..."}\'')
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flows.train import train
+
+    summary = train(preset=args.preset, stage=args.stage, manifests=args.manifest, output_dir=args.output_dir,
+                    steps=args.steps, resume=args.resume, init_from=args.init_from,
+                    allow_missing_sources=args.allow_missing_sources,
+                    model=json.loads(args.model_json) if args.model_json else None)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description="SmartEdit training flow")
+    add_train_arguments(parser)
+    return _train(parser.parse_args(argv))

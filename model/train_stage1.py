@@ -153,7 +153,7 @@ def train_stage1(cfg: TrainConfig) -> RunResult:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train_stage1(parse_cli(argv, stage=1))
-    print(f"stage 1 done: step {result.steps}, final {result.final}, checkpoint {result.checkpoint}")
+    log.info("stage 1 done: step %d, final %s, checkpoint %s", result.steps, result.final, result.checkpoint)
     return 0
 
 

@@ -6,8 +6,8 @@ VAE and CLIP text stay frozen. Reads top to bottom: setup → loop → checkpoin
     python -m model.train_stage2 --config run.yaml                       # CPU or one GPU
     accelerate launch --config_file model/accelerate/multi_gpu_deepspeed_zero2.yaml \
         -m model.train_stage2 --config run.yaml                          # 8 GPUs
-    python -c "from model.train_stage2 import train_stage2; from model.train_config import get_train_preset; \
-        print(train_stage2(get_train_preset(2, 'tiny', manifests=[...], output_dir='runs/t', allow_missing_sources=True)))"
+    from model.train_stage2 import train_stage2; from model.train_config import get_train_preset
+    result = train_stage2(get_train_preset(2, "tiny", manifests=[...], output_dir="runs/t", allow_missing_sources=True))
 
 CFG dropout (text → CLIP(""), image latent → 0) happens inside the model. Data draws are per rank and keyed by
 (seed, rank, draw index) (model/mixture.py), so resuming from a checkpoint continues the exact stream.
@@ -158,7 +158,7 @@ def train_stage2(cfg: TrainConfig) -> RunResult:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train_stage2(parse_cli(argv, stage=2))
-    print(f"stage 2 done: step {result.steps}, final {result.final}, checkpoint {result.checkpoint}")
+    log.info("stage 2 done: step %d, final %s, checkpoint %s", result.steps, result.final, result.checkpoint)
     return 0
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 COMMAND_MODULES = (
     "pipeline.samples.cli",
-    "pipeline.convert_cli",
+    "pipeline.sources.cli",
     "pipeline.synthetic.cli",
     "model.cli",
-    "model.train_cli",
     "model.evaluation.cli",
 )
 

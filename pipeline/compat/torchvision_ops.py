@@ -102,6 +102,3 @@ def write_pth() -> Path:
     target.write_text("import pipeline.compat.torchvision_ops as _m; _m.install()\n")
     return target
 
-
-if __name__ == "__main__":
-    print(f"wrote {write_pth()}")
