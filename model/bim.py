@@ -92,6 +92,15 @@ class BidirectionalInteractionModule(nn.Module):
         spatial = F.interpolate(spatial, size=tuple(latent_size), mode="bilinear", align_corners=False)
         return text_out, self.image_out(spatial)
 
+    def _apply(self, fn, recurse=True):
+        # SAM's PositionEmbeddingRandom builds its coordinate grid in fp32 and multiplies it by its Gaussian
+        # matrix, so that buffer must stay fp32 whatever dtype the rest of the module is cast to (bf16 on GPU);
+        # device moves still apply. The embedding itself is cast to the features' dtype in forward().
+        super()._apply(fn, recurse)
+        pe = self.position_embedding
+        pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        return self
+
     def save_pretrained(self, directory: str | Path) -> None:
         """config JSON + safetensors weights (includes SAM's random position matrix, a buffer)."""
         from safetensors.torch import save_file

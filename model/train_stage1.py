@@ -69,7 +69,7 @@ def train_stage1(cfg: TrainConfig) -> RunResult:
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(tb_dir)),
     )
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # seed + rank: noise, timesteps and CFG dropout differ per GPU
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save_yaml(run_dir / "config.yaml")

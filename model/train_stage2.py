@@ -66,7 +66,7 @@ def train_stage2(cfg: TrainConfig) -> RunResult:
         # A batch of VQA rows only leaves BIM and the UNet without gradients: DDP must tolerate that.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # seed + rank: noise, timesteps and CFG dropout differ per GPU
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save_yaml(run_dir / "config.yaml")

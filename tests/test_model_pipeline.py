@@ -147,3 +147,17 @@ def test_cli_edit(pipe, tmp_path, capsys):
                               "--instruction", "x", "-o", str(tmp_path / "o2.png")])
     assert args.func(args) == 1
     assert "smartedit_config.json" in capsys.readouterr().err
+
+
+def test_bf16_pipeline_runs_and_keeps_the_position_matrix_fp32(pipe, tmp_path):
+    """On GPU the pipeline runs in bf16; SAM's position embedding builds an fp32 grid and must still multiply."""
+    from model.pipeline import SmartEditPipeline
+
+    pipe.save_pretrained(tmp_path / "p")
+    half = SmartEditPipeline.from_pretrained(tmp_path / "p").to("cpu", torch.bfloat16)
+    assert half.model.unet.dtype == torch.bfloat16
+    assert half.model.bim.position_embedding.positional_encoding_gaussian_matrix.dtype == torch.float32
+    out = _edit(half, 0)
+    reference = _edit(pipe, 0)
+    assert out.shape == reference.shape and torch.isfinite(out).all()
+    assert (out.float() - reference).abs().mean() < 0.1  # same model, lower precision: close, not equal
