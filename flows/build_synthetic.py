@@ -55,6 +55,7 @@ def build_synthetic(
     output: str,
     images: str | None = None,
     splits: list[str] | None = None,
+    scenes: str | None = None,
     scenarios: dict[str, int] | None = None,
     operations: list[str] | None = None,
     sam_checkpoint: str | None = None,
@@ -72,7 +73,10 @@ def build_synthetic(
     runner: RunnerKind = "threads",
     announce: bool = True,
 ) -> dict[str, Any]:
-    """Plan, write one shard per task, finalise. ``options``: any other SyntheticConfig field (thresholds,
+    """Plan, write one shard per task, finalise. ``input``: a sample-data directory, a COCO instances JSON
+    (+ ``images``), or converted referring shards (a dataset directory / ``shardindex.json``, or a
+    directory of them; see `pipeline.synthetic.build.BuildInputs`). ``scenes``: a scenes.json with mirror
+    regions. ``options``: any other SyntheticConfig field (thresholds,
     inpainting steps and resolution, ...). ``announce``: emit `shards.built` (starts the `train`
     deployment's trigger); pass False when a calling flow trains itself. Returns paths and counts."""
     from pipeline.synthetic.build import BuildInputs
@@ -83,7 +87,7 @@ def build_synthetic(
               "inpaint_dir": inpaint_dir, "clip_dir": clip_dir, "llm_dir": llm_dir, "device": device,
               "batch_size": batch_size, "seed": seed, "eval_sets": eval_sets, "shard_size": shard_size}
     cfg = SyntheticConfig(**{k: v for k, v in fields.items() if v is not None}, **(options or {}))
-    inputs = BuildInputs(input=input, images=images, splits=splits or [])
+    inputs = BuildInputs(input=input, images=images, splits=splits or [], scenes=scenes)
     config_json, inputs_json = cfg.model_dump_json(), inputs.model_dump_json()
     Path(output).mkdir(parents=True, exist_ok=True)
 

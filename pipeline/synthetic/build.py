@@ -38,24 +38,37 @@ from pipeline.synthetic.masks import SamMasker, load_sam, refine_masks
 from pipeline.synthetic.pair import EditPair, load_pairs
 from pipeline.synthetic.paraphrase import LlmParaphraser, add_paraphrases
 from pipeline.synthetic.scenarios import Quota, scenario_rng, select_targets
-from pipeline.synthetic.scene import analyse_scenes, load_index, resolve_inputs
+from pipeline.synthetic.scene import CocoSplit, analyse_scenes, load_index, resolve_inputs
+from pipeline.synthetic.shard_scenes import is_shard_input, materialise_shard_scenes
 from pipeline.writer import atomic_write_text, write_shard
 
 log = logging.getLogger(__name__)
 
 PLAN_NAME = "plan.json"
+SHARD_SCENES_DIR = "input_scenes"  # shard input written out as COCO files (see shard_scenes.py)
 DATASET_NAME = "synthetic"
 PLAN_STAGES = ("leakage_guard", "scene_analysis", "scenario_selection", "instructions")
 SHARD_STAGES = ("paraphrase", "load", "masks", "mask_area", "editor", "quality_filters")
 
 
 class BuildInputs(BaseModel):
-    """Where the scenes come from: a sample-data directory, or a COCO annotation JSON (+ its image folder)."""
+    """Where the scenes come from.
+
+    input: a sample-data directory (``coco/annotations/instances_*.json`` + ``scenes.json``), a COCO
+    annotation JSON (+ ``images``, its image folder), or converted referring shards: a dataset
+    directory / its ``shardindex.json`` (``smartedit convert refcoco --out O`` → ``O/refcoco/train``) or a
+    directory of them (``O``), detected by the ``shardindex.json`` (see `pipeline.synthetic.shard_scenes`).
+    images: COCO input only (shards carry their images). splits: COCO split names (``train2017``) or,
+    for shards, the json ``split`` of the refs to use (``train``). scenes: a ground-truth ``scenes.json``
+    (per image ``file_name`` and ``mirrors: [{bbox}]``) giving mirror regions; default: the sample-data
+    directory's own. Shards carry no mirrors, so without it a reflection counts as an object.
+    """
 
     model_config = ConfigDict(extra="forbid")
     input: str
     images: str | None = None
     splits: list[str] = Field(default_factory=list)
+    scenes: str | None = None
 
 
 class StageCounter:
@@ -80,11 +93,32 @@ class StageCounter:
 
 
 def build_spec(cfg: SyntheticConfig, inputs: BuildInputs) -> dict[str, Any]:
-    return {"config": cfg.model_dump(mode="json"), "inputs": inputs.model_dump(mode="json")}
+    # Unset `scenes` stays out of the spec so builds planned before the field existed keep their hash.
+    unset = {"scenes"} if inputs.scenes is None else None
+    return {"config": cfg.model_dump(mode="json"), "inputs": inputs.model_dump(mode="json", exclude=unset)}
 
 
 def plan_path(output: Path | str) -> Path:
     return Path(output) / PLAN_NAME
+
+
+def scene_sources(inputs: BuildInputs, output: Path) -> tuple[list[CocoSplit], Path | None, dict[str, Any] | None]:
+    """The COCO splits to analyse, the ground-truth scenes.json (if any) and, for shard input, its counts.
+
+    Converted shards are written out once as COCO files under ``output/SHARD_SCENES_DIR`` (the shard
+    stages reload masks and pixels from there by path, in any worker).
+    """
+    explicit = Path(inputs.scenes) if inputs.scenes else None
+    if explicit is not None and not explicit.is_file():
+        raise FileNotFoundError(f"scenes: {explicit} not found; pass a scenes.json with per-image mirrors or leave it out")
+    if not is_shard_input(inputs.input):
+        splits, scenes = resolve_inputs(inputs.input, inputs.images, inputs.splits)
+        return splits, explicit or scenes, None
+    if inputs.images:
+        raise ValueError(f"images: {inputs.images!r} given, but input {inputs.input} is converted shards, which "
+                         "carry their images; drop images (--images)")
+    splits, counts = materialise_shard_scenes(inputs.input, output / SHARD_SCENES_DIR, inputs.splits)
+    return splits, explicit, counts
 
 
 def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) -> dict[str, Any]:
@@ -99,7 +133,7 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
             raise ValueError(f"{path}: planned with other parameters (spec_hash {plan.get('spec_hash', '?')[:12]} "
                              f"≠ {digest[:12]}); use a new output directory or delete it to rebuild")
         return plan
-    splits, scenes = resolve_inputs(inputs.input, inputs.images, inputs.splits)
+    splits, scenes, shard_counts = scene_sources(inputs, output)
     mirror = tuple(cfg.mirror_categories)
     indexes = {str(s.annotations): load_index(str(s.annotations), str(s.images), s.split, mirror,
                                               str(scenes) if scenes else None) for s in splits}
@@ -121,6 +155,8 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
         "sources": [str(s.annotations) for s in splits], "images_available": len(records),
         "entries": entries, "yields": counter.counts, "planned_by_scenario": quota.taken,
     }
+    if shard_counts is not None:
+        plan["shard_input"] = shard_counts
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=1, ensure_ascii=False))
     log.info("planned %d jobs (%s) from %d images", sum(quota.taken.values()), quota.taken,

@@ -36,7 +36,7 @@ def _build(args: argparse.Namespace) -> int:
         "eval_sets": args.eval_set, "inpaint_steps": args.steps, "inpaint_resolution": args.resolution,
     }.items() if v is not None}
     cfg = SyntheticConfig.preset(args.preset, **overrides) if args.preset else SyntheticConfig(**overrides)
-    inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [])
+    inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes)
     result = build(cfg, inputs, args.out, progress=lambda done, total: print(f"shard {done}/{total}", file=sys.stderr))
     print(json.dumps({k: v for k, v in result.items() if k != "yields"}, indent=1))
     return 0
@@ -61,9 +61,15 @@ def add_shards_subcommands(shards_subparsers) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("build-synthetic", help="synthetic Reason-Edit-style edit pairs from instance annotations")
-    p.add_argument("--input", required=True, help="sample-data directory (coco/annotations, scenes.json) or a COCO instances JSON")
-    p.add_argument("--images", help="image folder (default: beside the annotations, named after the split)")
-    p.add_argument("--split", action="append", help="only this split (repeatable), e.g. train2017")
+    p.add_argument("--input", required=True,
+                   help="sample-data directory (coco/annotations, scenes.json), a COCO instances JSON, or converted "
+                        "referring shards: a dataset directory / shardindex.json (smartedit convert refcoco --out O "
+                        "→ O/refcoco/train) or a directory of them (O)")
+    p.add_argument("--images", help="COCO input: image folder (default: beside the annotations, named after the split)")
+    p.add_argument("--split", action="append",
+                   help="only this split (repeatable): a COCO split (train2017) or, for shards, the refs' split (train)")
+    p.add_argument("--scenes", help="ground-truth scenes.json with per-image mirror regions (default: the "
+                                    "sample-data directory's; shards have none)")
     p.add_argument("--out", required=True, help="output dataset directory (rerun to resume)")
     p.add_argument("--preset", choices=["tiny", "sd15"], help="start from a named preset")
     p.add_argument("--scenarios", type=_scenarios, help="NAME=COUNT,... or all=COUNT (default 100 each)")
