@@ -152,7 +152,7 @@ def labelmap_edit(image: np.ndarray, labels: np.ndarray, classes: list[dict[str,
             cid = absent[int(rng.integers(len(absent)))]
             return render_overlay_edit(image, np.zeros(labels.shape, bool), class_names[cid], rng, templates=templates)
     if not present:
-        return render_overlay_edit(image, np.zeros(labels.shape, bool), "anything", rng, templates=templates)
+        return render_overlay_edit(image, np.zeros(labels.shape, bool), "labelled object", rng, templates=templates)
     chosen = present[int(rng.integers(len(present)))]
     return render_overlay_edit(image, labels == int(chosen["id"]), str(chosen["name"]), rng, templates=templates)
 
