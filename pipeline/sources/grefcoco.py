@@ -37,17 +37,10 @@ class GRefCocoReader(_ReferBase):
         json_path = base.with_suffix(".json")
         return json_path if json_path.exists() else base.with_suffix(".p")
 
-    def _list_records(self) -> list[dict[str, Any]]:
-        path = self.refs_path
+    def _load_refs(self, path: Path) -> Any:
         if not path.exists():
             raise FileNotFoundError(f"{path.with_suffix('.json')}: missing; expected gRefCOCO's grefs({self.variant}).json")
-        refs = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else safe_load(path)
-        if not isinstance(refs, list):
-            raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
-        return [r for r in refs if isinstance(r, dict) and r.get("split") == self.split]
-
-    def location(self, index: int, record: dict[str, Any]) -> str:
-        return f"{self.refs_path}#ref_id={record.get('ref_id')}"
+        return json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else safe_load(path)
 
     def _read(self, index: int, ref: dict[str, Any]) -> Sample:
         where = f"gref {ref.get('ref_id')}"

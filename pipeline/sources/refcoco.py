@@ -162,6 +162,21 @@ class _ReferBase(BaseReader):
             raise RejectError("unknown_annotation", f"{where}: ann_id {ann_id} is not in {self.dataset_dir / 'instances.json'}")
         return ann
 
+    def _load_refs(self, path: Path) -> Any:
+        """The refs file's content (a list of dicts); each dataset reads its own format."""
+        raise NotImplementedError
+
+    def _list_records(self) -> list[dict[str, Any]]:
+        """The split's refs in file order."""
+        path = self.refs_path
+        refs = self._load_refs(path)
+        if not isinstance(refs, list):
+            raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+        return [r for r in refs if isinstance(r, dict) and r.get("split") == self.split]
+
+    def location(self, index: int, record: dict[str, Any]) -> str:
+        return f"{self.refs_path}#ref_id={record.get('ref_id')}"
+
 
 class RefCocoReader(_ReferBase):
     """RefCOCO (splitBy unc or google). Records: the split's refs in file order."""
@@ -172,17 +187,10 @@ class RefCocoReader(_ReferBase):
     def refs_path(self) -> Path:
         return self.dataset_dir / f"refs({self.variant}).p"
 
-    def _list_records(self) -> list[dict[str, Any]]:
-        path = self.refs_path
+    def _load_refs(self, path: Path) -> Any:
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; expected the refer toolkit's refs({self.variant}).p")
-        refs = safe_load(path)
-        if not isinstance(refs, list):
-            raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
-        return [r for r in refs if isinstance(r, dict) and r.get("split") == self.split]
-
-    def location(self, index: int, record: dict[str, Any]) -> str:
-        return f"{self.refs_path}#ref_id={record.get('ref_id')}"
+        return safe_load(path)
 
     def _read(self, index: int, ref: dict[str, Any]) -> Sample:
         where = f"ref {ref.get('ref_id')}"
