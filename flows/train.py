@@ -8,7 +8,7 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
     prefect deployment run train/train -p preset=tiny -p stage=2 -p steps=4 \
         -p manifests='["/data/shards/magicbrush-train/shardindex.json"]' -p output_dir=/data/runs/tiny
-    python -m flows.train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
+    smartedit train --preset tiny --stage 1 --steps 4 --manifests shards/cc12m/shardindex.json --output-dir runs/s1
 """
 
 from __future__ import annotations
@@ -20,20 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.common import artifact_key, gpu_slot, markdown
-
-def expand_manifests(manifests: list[str] | str | None) -> list[str]:
-    """A path or a list of paths; a directory stands for every shardindex.json below it (how the
-    `shards.built` trigger passes the event's output root)."""
-    from pipeline.manifest import find_manifests
-
-    paths = [manifests] if isinstance(manifests, str) else list(manifests or [])
-    expanded: list[str] = []
-    for path in paths:
-        found = find_manifests(path) if Path(path).is_dir() else [Path(path)]
-        if not found:
-            raise ValueError(f"train: {path} holds no shardindex.json; convert or build shards there first")
-        expanded += [str(p) for p in found]
-    return expanded
+from model.train import expand_manifests
 
 
 def _summary(result) -> dict[str, Any]:
@@ -49,17 +36,14 @@ def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
     """Run one stage in this process; return the run's summary (paths and final losses, no tensors)."""
     import torch
 
+    from model.train import run
     from model.train_config import TrainConfig
 
     cfg = TrainConfig.from_dict({**config, "stage": stage})
-    if stage == 1:
-        from model.train_stage1 import train_stage1 as recipe
-    else:
-        from model.train_stage2 import train_stage2 as recipe
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
     with gpu_slot(device):
-        result = recipe(cfg)
+        result = run(cfg)
     return _summary(result)
 
 
@@ -112,9 +96,3 @@ def train(
              description=f"SmartEdit stage-{stage} training summary")
     get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
     return summary
-
-
-if __name__ == "__main__":
-    from model.cli import train_main
-
-    raise SystemExit(train_main())

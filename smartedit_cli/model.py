@@ -1,5 +1,5 @@
 """The model's commands: ``smartedit edit`` (one image with a saved pipeline folder) and ``smartedit train``
-(the `train` flow in this process; Prefect runs it ephemerally, no server needed).
+(``model.train.run`` in this process, the function the `train` flow calls; no Prefect needed).
 
     smartedit train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
 """
@@ -66,8 +66,8 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def register_train(subparsers) -> None:
-    """`smartedit train ...`: run the flow in this process (no server needed: Prefect runs it ephemerally)."""
-    parser = subparsers.add_parser("train", help="train a SmartEdit stage (Prefect flow `train`)")
+    """`smartedit train ...`: one stage in this process."""
+    parser = subparsers.add_parser("train", help="train a SmartEdit stage (what the `train` flow runs)")
     add_train_arguments(parser)
     parser.set_defaults(func=_train)
 
@@ -85,17 +85,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flows.train import train
+    from model.train import expand_manifests, run
+    from model.train_config import get_train_preset
 
-    summary = train(preset=args.preset, stage=args.stage, manifests=args.manifest, output_dir=args.output_dir,
-                    steps=args.steps, resume=args.resume, init_from=args.init_from,
-                    allow_missing_sources=args.allow_missing_sources,
-                    model=json.loads(args.model_json) if args.model_json else None)
-    print(json.dumps(summary, indent=1))
+    fields = {"manifests": expand_manifests(args.manifest), "output_dir": args.output_dir, "resume": args.resume or None,
+              "init_from": args.init_from, "model": json.loads(args.model_json) if args.model_json else {}}
+    if args.steps is not None:
+        fields["steps"] = args.steps
+    if args.allow_missing_sources:
+        fields["allow_missing_sources"] = True
+    result = run(get_train_preset(args.stage, args.preset, **fields))
+    print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=1))
     return 0
-
-
-def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.train", description="SmartEdit training flow")
-    add_train_arguments(parser)
-    return _train(parser.parse_args(argv))
