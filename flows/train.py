@@ -13,8 +13,8 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -59,40 +59,54 @@ def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     )
 
 
+def train_config(
+    preset: str = "tiny",
+    stage: int = 2,
+    manifests: list[str] | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    **fields: Any,
+):
+    """The flow's TrainConfig: the (stage, preset) preset with the parameters given (not None) on top. Every
+    TrainConfig field is reachable, by name or through ``overrides``; defaults are the preset's, never the flow's."""
+    from model.train_config import TrainConfig, get_train_preset
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise ValueError(f"train: overrides {unknown} are not TrainConfig fields; known: {sorted(known)}")
+    given = {**(overrides or {}), **{k: v for k, v in fields.items() if v is not None}}
+    if stage == 1 and given.get("init_from"):
+        raise ValueError("train: init_from is a stage-2 parameter (a stage-1 checkpoint to start from)")
+    manifests = expand_manifests(manifests)
+    if not manifests:
+        raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
+    return get_train_preset(stage, preset, **given, manifests=manifests)
+
+
 @flow(name="train", log_prints=False)
 def train(
     preset: str = "tiny",
     stage: int = 2,
     manifests: list[str] | str | None = None,
-    output_dir: str = "runs/smartedit",
+    output_dir: str | None = None,
     steps: int | None = None,
-    resume: str | None = "latest",
+    resume: str | None = None,
     init_from: str | None = None,
-    allow_missing_sources: bool = False,
+    allow_missing_sources: bool | None = None,
     model: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one stage. preset: training preset (tiny, 7b, 13b, 7b-code, 13b-code); manifests: shardindex.json
-    paths or directories holding them (stage 1: captions; stage 2: the mixture's sources); resume: "latest" (default: continue a rerun from
-    its newest checkpoint), a checkpoint dir, or null; init_from: stage 2 only, a stage-1 checkpoint; model:
-    model-config overrides (checkpoint dirs); overrides: any other TrainConfig fields. Returns the summary dict."""
-    from model.train_config import get_train_preset
-
-    manifests = expand_manifests(manifests)
-    if not manifests:
-        raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
-    fields = {"manifests": manifests, "output_dir": output_dir, "resume": resume or None,
-              "model": dict(model or {}), **(overrides or {})}
-    if steps is not None:
-        fields["steps"] = steps
-    if stage == 2:
-        fields |= {"init_from": init_from, "allow_missing_sources": allow_missing_sources}
-    elif init_from:
-        raise ValueError("train: init_from is a stage-2 parameter (a stage-1 checkpoint to start from)")
-    cfg = get_train_preset(stage, preset, **fields)  # validate before the task: bad parameters fail the flow early
+    """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
+    docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
+    "" starts fresh).
+    preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
+    them; overrides: any other TrainConfig field. Returns the summary dict."""
+    cfg = train_config(preset, stage, manifests, overrides, output_dir=output_dir, steps=steps, resume=resume,
+                       init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
+    # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
     summary = run_recipe(config, stage)
-    markdown(artifact_key("train", f"stage{stage}", preset), _markdown(summary, config),
+    markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config),
              description=f"SmartEdit stage-{stage} training summary")
     get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
     return summary

@@ -68,7 +68,7 @@ class SmartEditModel(nn.Module):
         self.vae = vae
         self.text_encoder = text_encoder
         self.processor = processor
-        self.noise_scheduler = training_scheduler(config.num_train_timesteps)
+        self.noise_scheduler = training_scheduler(config.loss.num_train_timesteps)
         self.injection = SpatialInjection(unet)
         self.register_buffer("null_text_embeds", null_text_embeds.detach().float().clone(), persistent=False)
         self.vae.requires_grad_(False)
@@ -234,9 +234,9 @@ class SmartEditModel(nn.Module):
         """InstructPix2Pix dropout given r (B,) ~ U(0,1): context (B, 77, D) → CLIP('') where r < text_drop_below;
         condition latents (B, 4, h, w) → 0 where low <= r < high. Both for r in [low, text_drop_below)."""
         b = r.shape[0]
-        drop_text = (r < self.config.text_drop_below).view(b, 1, 1)
+        drop_text = (r < self.config.loss.text_drop_below).view(b, 1, 1)
         context = torch.where(drop_text, self.null_text_embeds.to(context.dtype).expand_as(context), context)
-        lo, hi = self.config.image_drop_range
+        lo, hi = self.config.loss.image_drop_range
         keep_image = ~((r >= lo) & (r < hi))
         return context, condition_latents * keep_image.view(b, 1, 1, 1).to(condition_latents.dtype)
 
@@ -255,7 +255,7 @@ class SmartEditModel(nn.Module):
         if stage == 1:
             f = self.qformer(enc["img_hidden"])
             align = F.mse_loss(f.float(), self.clip_text_embeds(batch["clip_text_input_ids"]))
-            loss = self.config.lm_loss_weight * lm_loss + self.config.align_loss_weight * align
+            loss = self.config.loss.lm_loss_weight * lm_loss + self.config.loss.align_loss_weight * align
             return {"loss": loss, "lm_loss": lm_loss.detach(), "align_loss": align.detach()}
         is_edit = batch["is_edit"].to(torch.bool)
         if bool(is_edit.any()):
@@ -268,7 +268,7 @@ class SmartEditModel(nn.Module):
         else:
             # Keep the graph connected (DDP needs every trainable parameter to appear) but add nothing.
             diff = sum(p.sum() for p in self.qformer.parameters()) * 0.0
-        loss = self.config.lm_loss_weight * lm_loss + self.config.diffusion_loss_weight * diff
+        loss = self.config.loss.lm_loss_weight * lm_loss + self.config.loss.diffusion_loss_weight * diff
         return {"loss": loss, "lm_loss": lm_loss.detach(), "diffusion_loss": diff.detach()}
 
 

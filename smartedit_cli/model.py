@@ -13,19 +13,22 @@ import sys
 
 def register(subparsers) -> None:
     """Add the ``edit`` and ``train`` subcommands."""
+    from model.config import SamplingConfig
+    from model.config_args import add_config_arguments
+
     register_train(subparsers)
     p = subparsers.add_parser("edit", help="edit an image with a SmartEdit pipeline folder")
     p.add_argument("--model", required=True, help="folder written by SmartEditPipeline.save_pretrained")
     p.add_argument("--image", required=True, help="input image file")
     p.add_argument("--instruction", required=True, help="editing instruction")
     p.add_argument("-o", "--output", required=True, help="output image file (format from the extension)")
-    p.add_argument("--steps", type=int, default=None, help="Euler-ancestral steps (default: model config, 100)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--text-guidance", type=float, default=None, help="s_T (default: model config, 7.5)")
-    p.add_argument("--image-guidance", type=float, default=None, help="s_I (default: model config, 1.5)")
-    p.add_argument("--size", type=int, default=256, help="edit resolution in pixels (default 256)")
+    p.add_argument("--size", type=int, default=None, help="edit resolution in pixels (default: the model's resolution)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.set_defaults(func=_edit)
+    sampling = p.add_argument_group("sampling (default: the pipeline's saved sampling config)")
+    p.set_defaults(func=_edit, sampling_options=add_config_arguments(
+        sampling, SamplingConfig, aliases={"num_inference_steps": ["--steps"], "text_guidance_scale": ["--text-guidance"],
+                                           "image_guidance_scale": ["--image-guidance"]}))
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -34,6 +37,7 @@ def _edit(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from model.config_args import given_overrides
     from model.pipeline import SmartEditPipeline
 
     image_path = Path(args.image)
@@ -48,17 +52,8 @@ def _edit(args: argparse.Namespace) -> int:
         return 1
     image = Image.open(image_path).convert("RGB")
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    cfg = pipe.model.config
-    edited = pipe(
-        image,
-        args.instruction,
-        num_inference_steps=args.steps if args.steps is not None else cfg.num_inference_steps,
-        text_guidance_scale=args.text_guidance if args.text_guidance is not None else cfg.text_guidance_scale,
-        image_guidance_scale=args.image_guidance if args.image_guidance is not None else cfg.image_guidance_scale,
-        generator=generator,
-        height=args.size,
-        width=args.size,
-    )[0]
+    edited = pipe(image, args.instruction, generator=generator, height=args.size, width=args.size,
+                  **given_overrides(args, args.sampling_options))[0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     edited.save(args.output)
     print(f"wrote {args.output}")
@@ -66,34 +61,26 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def register_train(subparsers) -> None:
-    """`smartedit train ...`: one stage in this process."""
-    parser = subparsers.add_parser("train", help="train a SmartEdit stage (what the `train` flow runs)")
-    add_train_arguments(parser)
-    parser.set_defaults(func=_train)
+    """`smartedit train ...`: one stage in this process; every option is a TrainConfig field."""
+    from model.train_config import add_train_arguments
 
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", help="tiny, 7b, 13b, 7b-code, 13b-code")
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
-    parser.add_argument("--manifest", action="append", required=True, help="a shardindex.json (repeatable)")
-    parser.add_argument("--output-dir", default="runs/smartedit")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--resume", default="latest", help="'latest', a checkpoint dir, or '' for a fresh start")
-    parser.add_argument("--init-from", default=None, help="stage 2: a stage-1 checkpoint dir")
-    parser.add_argument("--allow-missing-sources", action="store_true", help="stage 2: drop mixture leaves without data")
-    parser.add_argument("--model-json", default=None, help='model overrides as JSON, e.g. \'{"llava_dir": "..."}\'')
+    parser = subparsers.add_parser(
+        "train", help="train a SmartEdit stage (what the `train` flow runs)",
+        description="Options not given keep the preset's values (--preset and --stage pick it; default tiny, 2). "
+                    "--manifests takes shardindex.json paths or directories holding them.")
+    parser.set_defaults(func=_train, train_options=add_train_arguments(parser))
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train import expand_manifests, run
-    from model.train_config import get_train_preset
+    import dataclasses
 
-    fields = {"manifests": expand_manifests(args.manifest), "output_dir": args.output_dir, "resume": args.resume or None,
-              "init_from": args.init_from, "model": json.loads(args.model_json) if args.model_json else {}}
-    if args.steps is not None:
-        fields["steps"] = args.steps
-    if args.allow_missing_sources:
-        fields["allow_missing_sources"] = True
-    result = run(get_train_preset(args.stage, args.preset, **fields))
+    from model.train import expand_manifests, run
+    from model.train_config import train_config_from_args
+
+    cfg = train_config_from_args(args, args.train_options)
+    if not cfg.manifests:
+        raise ValueError("train: pass --manifests (shardindex.json paths or directories holding them)")
+    cfg = dataclasses.replace(cfg, manifests=expand_manifests(cfg.manifests))
+    result = run(cfg)
     print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=1))
     return 0
