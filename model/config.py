@@ -403,7 +403,7 @@ def tiny_config(**overrides: Any) -> SmartEditConfig:
     return merge(base, overrides)
 
 
-def _real(preset: str, llm_width: int, lora: LoRAConfig, **overrides: Any) -> SmartEditConfig:
+def _real(preset: str, llm_width: int, lora: LoRAConfig, /, **overrides: Any) -> SmartEditConfig:
     del llm_width  # the LLM width is read from the checkpoint; kept in the signature to document the preset
     return merge(SmartEditConfig(preset=preset, lora=dataclasses.replace(lora)), overrides)
 
