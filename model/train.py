@@ -23,6 +23,8 @@ def expand_manifests(manifests: list[str] | str | None) -> list[str]:
     paths = [manifests] if isinstance(manifests, str) else list(manifests or [])
     expanded: list[str] = []
     for path in paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"train: manifest {path}: no such file or directory")
         found = find_manifests(path) if Path(path).is_dir() else [Path(path)]
         if not found:
             raise ValueError(f"train: {path} holds no shardindex.json; convert or build shards there first")

@@ -230,3 +230,25 @@ def test_edit_samples_with_the_saved_sampling_config(tmp_path):
     assert len(calls) == 3 and out.size == (32, 32)  # 3 steps (3-way CFG is one batched UNet call), 32 px
     loaded(image, "make it blue", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert len(calls) == 5
+
+
+def test_smartedit_train_runs_the_models_run_with_the_given_options(tmp_path, capsys):
+    """`smartedit train` builds the TrainConfig from its options and calls model.train.run (no Prefect)."""
+    import torch
+
+    from smartedit_cli.main import main
+    from test_train_data import write_dataset
+
+    torch.set_num_threads(1)
+    write_dataset(tmp_path / "shards", "cc12m", "cc12m", "caption", 4)
+    out = tmp_path / "run"
+    code = main(["train", "--stage", "1", "--steps", "1", "--manifests", str(tmp_path / "shards"),
+                 "--output-dir", str(out), "--no-save-pipeline", "--checkpoint-every", "1"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["stage"], summary["steps"], summary["pipeline_dir"]) == (1, 1, None)
+    saved = TrainConfig.from_yaml(out / "config.yaml")
+    assert (saved.steps, saved.save_pipeline, saved.lr) == (1, False, TRAIN_PRESETS[(1, "tiny")]["lr"])
+    assert main(["train", "--stage", "1", "--manifests", str(tmp_path / "empty")]) == 1  # one error line, exit 1
+    missing = tmp_path / "empty"
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: train: manifest {missing}: no such file or directory"]
