@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from smartedit_cli import convert, evaluate, model, samples, synthetic
+from smartedit_cli import convert, edit, evaluate, samples, synthetic, train
 
-COMMANDS = (samples, convert, synthetic, model, evaluate)
+COMMANDS = (samples, convert, synthetic, train, edit, evaluate)
 
 
 def _shards_inspect(args: argparse.Namespace) -> int:

@@ -174,11 +174,13 @@ def test_every_synthetic_config_field_is_a_build_synthetic_option_and_reaches_th
     assert cfg.eval_sets == ["a", "b"] and cfg.sam_arch.encoder_depth == 1 and cfg.inpaint_steps == 5
 
 
-def test_every_train_config_field_is_reachable_from_the_train_flow():
+def test_every_train_config_field_is_reachable_from_the_train_flow(tmp_path):
     """The flow's named parameters are TrainConfig fields defaulting to None (the preset's value); ``overrides``
     reaches the rest."""
     from flows.train import train, train_config
 
+    manifest = tmp_path / "shardindex.json"
+    manifest.write_text("{}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     params = inspect.signature(train.fn).parameters
     named = set(params) - {"overrides"}
@@ -195,11 +197,11 @@ def test_every_train_config_field_is_reachable_from_the_train_flow():
             (not value) if isinstance(value, bool) else value + 1 if isinstance(value, int)
             else value * 2 if isinstance(value, float) else value + "-other")
         assert changed[name] != value, name
-    cfg = train_config("tiny", 2, ["m.json"], overrides=changed, steps=3)
+    cfg = train_config("tiny", 2, [str(manifest)], overrides=changed, steps=3)
     assert {k: getattr(cfg, k) for k in changed} == changed and cfg.steps == 3
-    assert train_config("tiny", 2, ["m.json"]).weight_decay == TRAIN_PRESETS[(2, "tiny")]["weight_decay"]
+    assert train_config("tiny", 2, [str(manifest)]).weight_decay == TRAIN_PRESETS[(2, "tiny")]["weight_decay"]
     with pytest.raises(ValueError, match=r"overrides \['learning_rate'\] are not TrainConfig fields"):
-        train_config("tiny", 2, ["m.json"], overrides={"learning_rate": 1})
+        train_config("tiny", 2, [str(manifest)], overrides={"learning_rate": 1})
 
 
 def test_the_build_synthetic_flow_takes_the_config_itself():

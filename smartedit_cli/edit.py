@@ -1,22 +1,20 @@
-"""The model's commands: ``smartedit edit`` (one image with a saved pipeline folder) and ``smartedit train``
-(``model.train.run`` in this process, the function the `train` flow calls; no Prefect needed).
+"""``smartedit edit``: one image with a saved pipeline folder; the sampling options come from `SamplingConfig`
+and default to the pipeline's saved sampling config.
 
-    smartedit train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
+    smartedit edit --model runs/tiny/pipeline --image in.png --instruction "Remove the left cup" -o out.png
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
 def register(subparsers) -> None:
-    """Add the ``edit`` and ``train`` subcommands."""
+    """Add the ``edit`` subcommand."""
     from model.config import SamplingConfig
     from model.config_args import add_config_arguments
 
-    register_train(subparsers)
     p = subparsers.add_parser("edit", help="edit an image with a SmartEdit pipeline folder")
     p.add_argument("--model", required=True, help="folder written by SmartEditPipeline.save_pretrained")
     p.add_argument("--image", required=True, help="input image file")
@@ -57,30 +55,4 @@ def _edit(args: argparse.Namespace) -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     edited.save(args.output)
     print(f"wrote {args.output}")
-    return 0
-
-
-def register_train(subparsers) -> None:
-    """`smartedit train ...`: one stage in this process; every option is a TrainConfig field."""
-    from model.train_config import add_train_arguments
-
-    parser = subparsers.add_parser(
-        "train", help="train a SmartEdit stage (what the `train` flow runs)",
-        description="Options not given keep the preset's values (--preset and --stage pick it; default tiny, 2). "
-                    "--manifests takes shardindex.json paths or directories holding them.")
-    parser.set_defaults(func=_train, train_options=add_train_arguments(parser))
-
-
-def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from model.train import expand_manifests, run
-    from model.train_config import train_config_from_args
-
-    cfg = train_config_from_args(args, args.train_options)
-    if not cfg.manifests:
-        raise ValueError("train: pass --manifests (shardindex.json paths or directories holding them)")
-    cfg = dataclasses.replace(cfg, manifests=expand_manifests(cfg.manifests))
-    result = run(cfg)
-    print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=1))
     return 0
