@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """pydantic's ValidationError spans lines; say each problem as ``Model.field = value: message``."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    return "; ".join(f"{err.title}.{'.'.join(map(str, e['loc']))} = {e['input']!r}: {e['msg']}" for e in err.errors())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         if args.verbose:
             logging.getLogger("smartedit").exception("traceback (-v)")
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -254,3 +254,14 @@ def test_smartedit_train_runs_the_models_run_with_the_given_options(tmp_path, ca
     assert main(["train", "--stage", "1", "--manifests", str(tmp_path / "empty")]) == 1  # one error line, exit 1
     missing = tmp_path / "empty"
     assert capsys.readouterr().err.strip().splitlines() == [f"error: train: manifest {missing}: no such file or directory"]
+
+
+def test_a_config_error_on_the_command_line_is_one_line_naming_the_field(tmp_path, capsys):
+    from smartedit_cli.main import main
+
+    code = main(["build-synthetic", "--input", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--scenarios", '{"upside_down": 3}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: SyntheticConfig.scenarios") and "'upside_down'" in err[0] and "'left_right'" in err[0]
+    assert not (tmp_path / "out").exists()  # rejected before anything is written
