@@ -52,7 +52,7 @@ _PICKLE_T = ("tests/test_pins_safe_pickle.py",)
 _SCHEMA_T = ("tests/test_pins_schema.py",)
 _PROV_T = ("tests/test_pins_writer.py",)
 _SMARTEDIT_T = ("tests/test_pins_model.py",)
-_PIPELINE_T = ("tests/test_pins_model.py",)
+_PIPELINE_T = ("tests/test_pins_model.py", "tests/test_model_pipeline.py::test_unet_path_equals_diffusers_instruct_pix2pix")
 _REGISTRY_T = ("tests/test_pins_gate.py", "tests/test_registry.py")
 
 
@@ -211,7 +211,14 @@ MUTANTS: list[Mutant] = [
          "decoded = m.vae.decode(latents.to(m.vae.dtype)).sample"),
     ),
     *_m("model/bim.py", _SMARTEDIT_T,
-        ("residual-scale-1", "0.5", "1.0"),
+        ("residual-scale-ignored", "text_out = text + self.config.text_residual_scale * self.text_out(text_feats)",
+         "text_out = text + self.text_out(text_feats)"),
+    ),
+    *_m("model/config.py", _SMARTEDIT_T,
+        ("residual-scale-1", "text_residual_scale: float = 0.5", "text_residual_scale: float = 1.0"),
+        ("image-guidance-default", "image_guidance_scale: float = 1.5", "image_guidance_scale: float = 1.2"),
+        ("text-drop-rate", "text_drop_below: float = 0.10", "text_drop_below: float = 0.05"),
+        ("image-drop-band", "image_drop_range: tuple[float, float] = (0.05, 0.15)", "image_drop_range: tuple[float, float] = (0.10, 0.20)"),
     ),
     *_m("model/registry.py", _REGISTRY_T,
         ("tolerance-strict", "if regression > tol:", "if regression >= tol:"),
@@ -264,7 +271,7 @@ def run(mutants: list[Mutant], timeout: float, verbose: bool) -> dict[str, list[
             if text.count(mutant.original) != 1:
                 outcome = "n/a"
             else:
-                missing = [t for t in mutant.tests if not (root / t).exists()]
+                missing = [t for t in mutant.tests if not (root / t.split("::")[0]).exists()]
                 if missing:
                     outcome = "n/a"
                 else:
