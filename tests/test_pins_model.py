@@ -217,3 +217,65 @@ def test_call_defaults_equal_the_paper_scales(pipe):
     c = pipe(_image(1), "make the cup red", generator=torch.Generator().manual_seed(0), text_guidance_scale=7.5,
              image_guidance_scale=1.2, **kw)
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+# -- training bookkeeping -----------------------------------------------------------------------------------------------
+def test_frozen_and_trainable_parts_per_stage(model):
+    try:
+        one = model.trainable_parameters(1)
+        assert one and all(n.startswith("qformer.") or "trainable_tokens_delta" in n for n in one)
+        assert not any("lora_" in n for n in one)
+        two = model.trainable_parameters(2)
+        assert any("lora_" in n for n in two) and any(n.startswith("bim.") for n in two)
+        assert any(n.startswith("unet.") for n in two)
+        assert not any(p.requires_grad for p in model.vae.parameters())
+        no_bim = model.trainable_parameters(2, train_bim=False)
+        assert not any(n.startswith("bim.") for n in no_bim)
+    finally:
+        model.trainable_parameters(2)
+
+
+def test_stage2_loss_weights_and_edit_rows_only(model, monkeypatch):
+    batch = model.processor(
+        [_image(0), _image(1), _image(2)], ["make the left cup red", "what is on the table?", "remove the dog"],
+        answers=[None, "two cups", None], targets=[_image(10), None, _image(12)],
+    )
+    assert batch["is_edit"].tolist() == [1, 0, 1] or batch["is_edit"].tolist() == [True, False, True]
+    rows = []
+    real = type(model).diffusion_loss
+
+    def spy(self, edit_batch, context, spatial, generator=None):
+        rows.append((edit_batch["src_pixels"].shape[0], context.shape[0]))
+        return real(self, edit_batch, context, spatial, generator)
+
+    monkeypatch.setattr(type(model), "diffusion_loss", spy)
+    loss_cfg = model.config.loss
+    monkeypatch.setattr(loss_cfg, "lm_loss_weight", 2.0)
+    monkeypatch.setattr(loss_cfg, "diffusion_loss_weight", 3.0)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch, stage=2, generator=torch.Generator().manual_seed(0))
+    assert rows == [(2, 2)]  # the VQA row never reaches the diffusion loss
+    torch.testing.assert_close(out["loss"], 2.0 * out["lm_loss"] + 3.0 * out["diffusion_loss"])
+
+
+def test_strict_trainable_load_names_missing_and_unexpected_keys(model):
+    state = model.trainable_state_dict()
+    some = sorted(state)[0]
+    partial = {k: v for k, v in state.items() if k != some}
+    with pytest.raises(KeyError, match="missing"):
+        model.load_trainable_state_dict(partial)
+    with pytest.raises(KeyError):
+        model.load_trainable_state_dict({**state, "unet.nonsense": torch.zeros(1)}, strict=False)
+    model.load_trainable_state_dict(partial, strict=False)  # lax load of a subset is allowed
+
+
+def test_decode_unscales_the_latents(pipe):
+    kw = dict(num_inference_steps=2, height=32, width=32)
+    latents = pipe(_image(1), "make it red", generator=torch.Generator().manual_seed(0), output_type="latent", **kw)
+    pixels = pipe(_image(1), "make it red", generator=torch.Generator().manual_seed(0), output_type="pt", **kw)
+    vae = pipe.model.vae
+    with torch.no_grad():
+        expected = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(pixels, expected)
+    assert vae.config.scaling_factor != 1.0
