@@ -173,7 +173,7 @@ MUTANTS: list[Mutant] = [
         ("dropout-off-in-training", "        if self.training:\n            context, cond = self.cfg_dropout(", "        if not self.training:\n            context, cond = self.cfg_dropout("),
         ("null-is-zeros", "torch.where(drop_text, self.null_text_embeds.to(context.dtype).expand_as(context), context)",
          "torch.where(drop_text, torch.zeros_like(context), context)"),
-        ("vae-trains", "        self.vae.requires_grad_(False)\n", ""),
+        ("vae-train-mode", "        super().train(mode)\n        self.vae.eval()\n", "        super().train(mode)\n"),
         ("vqa-rows-in-diffusion", 'rows = is_edit.nonzero(as_tuple=True)[0]', "rows = torch.arange(is_edit.shape[0])"),
         ("lm-weight-ignored", "loss = self.config.loss.lm_loss_weight * lm_loss + self.config.loss.diffusion_loss_weight * diff",
          "loss = lm_loss + self.config.loss.diffusion_loss_weight * diff"),

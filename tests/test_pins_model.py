@@ -229,6 +229,9 @@ def test_frozen_and_trainable_parts_per_stage(model):
         assert any("lora_" in n for n in two) and any(n.startswith("bim.") for n in two)
         assert any(n.startswith("unet.") for n in two)
         assert not any(p.requires_grad for p in model.vae.parameters())
+        model.train()
+        assert model.training and model.qformer.training and not model.vae.training  # frozen encoders stay in eval
+        model.eval()
         no_bim = model.trainable_parameters(2, train_bim=False)
         assert not any(n.startswith("bim.") for n in no_bim)
     finally:
