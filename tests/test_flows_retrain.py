@@ -11,12 +11,8 @@ from flows.demo import sample_sources
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from pipeline.samples import make_samples
-
-    out = tmp_path_factory.mktemp("samples")
-    make_samples(out, seed=0)
-    return out
+def samples(samples_seed0):
+    return samples_seed0.root
 
 
 def _params(samples, tmp_path):
