@@ -8,7 +8,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.manifest import REJECTS_NAME, index_path, load_manifest
+from pipeline.shards import REJECTS_NAME, index_path, iter_tar_samples, load_manifest
 from pipeline.records import Sample
 from pipeline.schema import SchemaError, validate_sample
 
@@ -39,35 +39,13 @@ def _hashes(path: Path) -> tuple[str, str, int]:
 
 
 def _samples_in_tar(path: Path, problems: list[str]) -> list[Sample]:
-    """Group a shard's members into samples, reporting broken tars, dotted keys and non-contiguous members."""
+    """Group a shard's members into samples (`pipeline.shards.iter_tar_samples`), collecting every contract breach."""
     samples: list[Sample] = []
-    current: Sample | None = None
-    finished: set[str] = set()
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    problems.append(f"{path.name}: member {member.name!r} is not a regular file")
-                    continue
-                key, dot, ext = member.name.partition(".")
-                if not dot or "/" in key:
-                    problems.append(f"{path.name}: member {member.name!r} has no 'key.ext' form")
-                    continue
-                data = tar.extractfile(member).read()
-                if current is None or current.key != key:
-                    if key in finished:
-                        problems.append(f"{path.name}: members of sample {key!r} are not contiguous")
-                    if current is not None:
-                        finished.add(current.key)
-                        samples.append(current)
-                    current = Sample(key, {}, {})
-                if ext in current.files:
-                    problems.append(f"{path.name}: sample {key!r} repeats member {ext!r}")
-                current.files[ext] = data
+        for raw in iter_tar_samples(path, on_problem=problems.append):
+            samples.append(Sample(raw["__key__"], {}, {k: v for k, v in raw.items() if not k.startswith("__")}))
     except (tarfile.TarError, EOFError, OSError) as err:
         problems.append(f"{path.name}: unreadable tar ({type(err).__name__}: {err}); rebuild this shard")
-    if current is not None:
-        samples.append(current)
     return samples
 
 
