@@ -53,6 +53,10 @@ def code_fingerprint(reader_module: str) -> str:
 
     h = hashlib.sha256()
     for name in (reader_module, *_CODE_MODULES):
-        h.update(name.encode() + b"\0" + inspect.getsource(importlib.import_module(name)).encode() + b"\0")
+        try:
+            source = inspect.getsource(importlib.import_module(name))
+        except (TypeError, OSError):  # no source file (a reader defined in __main__ or a frozen module)
+            source = ""
+        h.update(name.encode() + b"\0" + source.encode() + b"\0")
     h.update(spec_path("schemas.yaml").read_bytes())
     return h.hexdigest()

@@ -126,7 +126,10 @@ class _HashingFile:
 
     def abandon(self) -> None:
         self._join()
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # closing flushes the buffer, which fails again on a full disk; the file is deleted anyway
+            pass
 
 
 class _TarStream:
