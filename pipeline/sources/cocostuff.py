@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.records import Sample
 from pipeline.sources.base import BaseReader, SourceError, process_cached
-from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, decode_pil, encode_gray_png, read_image, read_regular_file, resolve_inside
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, decode_labelmap, encode_gray_png, histogram, read_image, read_regular_file, resolve_inside
 from pipeline.vocabulary import COCOSTUFF_CLASS_NAMES, COCOSTUFF_UNLABELED
 
 UNLABELED = COCOSTUFF_UNLABELED
@@ -156,19 +156,17 @@ class CocoStuffReader(BaseReader):
         map_path = resolve_inside(self.root, self.maps_dir.relative_to(self.root) / record)
         image = read_image(self.images, Path(self.split) / f"{stem}.jpg", max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         data = read_regular_file(map_path, max_bytes=self.max_bytes)
-        label_img = decode_pil(data, str(map_path), max_pixels=self.max_pixels, modes=("L", "P"), formats=("PNG",))
-        if label_img.size != image.size:
+        labels = decode_labelmap(data, str(map_path), max_pixels=self.max_pixels)
+        if (labels.shape[1], labels.shape[0]) != image.size:
             raise RejectError(
                 "size_mismatch",
-                f"{map_path}: label map is {label_img.width}x{label_img.height}, image {image.width}x{image.height}",
+                f"{map_path}: label map is {labels.shape[1]}x{labels.shape[0]}, image {image.width}x{image.height}",
             )
         names = self.class_names()
         extra: dict[str, Any] = {}
-        # PIL's C histogram of the stored values: the classes present without a numpy copy of the map
-        counts = label_img.histogram()[:256]
+        counts = histogram(labels)  # the classes present
         if self.lisa_dash_remap:
             remap = dash_values(names)
-            labels = np.asarray(label_img)
             labels = np.where(np.isin(labels, remap), np.uint8(UNLABELED), labels)
             data = encode_gray_png(labels)
             counts = np.bincount(labels.ravel(), minlength=256).tolist()
