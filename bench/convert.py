@@ -11,7 +11,9 @@ content) and 640×480 label PNGs with a few regions. Measured in one run, on the
   ours    pipeline.convert.convert(CocoStuffReader) with 1 and 2 worker processes;
   reader  ours without writing (read() over every record), to split the time between reader and writer.
 Each contender runs --repeats times, in rotating order, and its best time counts (the machine is shared:
-the best of N is the least disturbed). Reports samples/s and MB/s (input bytes) per worker, the ratios to raw and to ShardWriter per core, and
+the best of N is the least disturbed). Besides wall time, each run's CPU time (this process and its
+finished children, user + system) is taken: samples per CPU-second is the per-core throughput, which a
+loaded machine disturbs far less than wall time. Reports samples/s and MB/s (input bytes) per worker, the ratios to raw and to ShardWriter per core, and
 1 → 2 worker scaling.
 """
 
@@ -151,6 +153,20 @@ def reader_only(root: Path, profile: bool) -> float:
     return time.perf_counter() - t
 
 
+def cpu_seconds() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measured(fn) -> tuple[float, float]:
+    """(wall seconds as ``fn`` reports them, CPU seconds of the whole call)."""
+    c = cpu_seconds()
+    wall = fn()
+    return wall, cpu_seconds() - c
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -177,23 +193,27 @@ def main() -> None:
             **{f"ours, {w} worker{'s' if w > 1 else ''}": ((lambda r, w=w: ours(src, scratch / f"ours{w}-{r}", args.shard_size, w)), w)
                for w in args.workers},
         }
-        times: dict[str, list[float]] = {name: [] for name in contenders}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
         for r in range(args.repeats):
             names = list(contenders)
             for name in names[r % len(names):] + names[: r % len(names)]:
-                times[name].append(contenders[name][0](r))
+                times[name].append(measured(lambda: contenders[name][0](r)))
                 for leftover in scratch.iterdir():  # keep the scratch space to one contender's output
                     if leftover.name not in ("src", "warm.bin"):
                         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        rows = {name: (min(times[name]), contenders[name][1]) for name in contenders}
-        rows["naive re-encode"] = (naive(src, scratch / "naive", args.shard_size), 1)  # slow: once
-        raw_rate = n / rows["raw copy"][0]
-        wds_rate = n / rows["wds.ShardWriter"][0]
-        print(f"{'contender':<20}{'seconds':>9}{'samples/s':>11}{'MB/s':>9}{'/s per worker':>15}{'vs raw':>9}{'vs wds':>9}")
-        for name, (secs, w) in rows.items():
+        rows = {name: (min(t[0] for t in times[name]), contenders[name][1], min(t[1] for t in times[name]))
+                for name in contenders}
+        rows["naive re-encode"] = (*measured(lambda: naive(src, scratch / "naive", args.shard_size)),)[:1] + (1,) + (
+            float("nan"),)  # slow: once, wall only
+        raw_rate, raw_cpu = n / rows["raw copy"][0], n / rows["raw copy"][2]
+        wds_rate, wds_cpu = n / rows["wds.ShardWriter"][0], n / rows["wds.ShardWriter"][2]
+        print(f"{'contender':<20}{'wall s':>8}{'samples/s':>11}{'MB/s':>8}{'/s per worker':>15}{'vs raw':>8}{'vs wds':>8}"
+              f"{'CPU s':>8}{'/CPU-s':>9}{'vs raw':>8}{'vs wds':>8}")
+        for name, (secs, w, cpu) in rows.items():
             rate = n / secs
-            print(f"{name:<20}{secs:>9.2f}{rate:>11.0f}{mb / secs:>9.1f}{rate / w:>15.0f}"
-                  f"{rate / w / raw_rate:>9.2f}{rate / w / wds_rate:>9.2f}")
+            print(f"{name:<20}{secs:>8.2f}{rate:>11.0f}{mb / secs:>8.1f}{rate / w:>15.0f}"
+                  f"{rate / w / raw_rate:>8.2f}{rate / w / wds_rate:>8.2f}"
+                  f"{cpu:>8.2f}{n / cpu:>9.0f}{n / cpu / raw_cpu:>8.2f}{n / cpu / wds_cpu:>8.2f}")
         if 1 in args.workers and 2 in args.workers:
             t1, t2 = rows["ours, 1 worker"][0], rows["ours, 2 workers"][0]
             print(f"scaling 1 → 2 workers: {t1 / t2:.2f}x")

@@ -79,6 +79,18 @@ def test_a_stale_tar_from_another_plan_is_refused_or_removed(fx, tmp_path):
     assert not (out / "refcoco-train-000099.tar").exists()
 
 
+def test_a_change_in_reader_or_writer_code_is_a_change_of_settings(fx, tmp_path, monkeypatch):
+    import pipeline.convert as driver
+    from pipeline.fingerprint import code_fingerprint
+
+    assert code_fingerprint("pipeline.sources.refcoco") != code_fingerprint("pipeline.sources.cocostuff")
+    out = tmp_path / "out"
+    convert(_reader(fx), out, shard_size=2)
+    monkeypatch.setattr(driver, "code_fingerprint", lambda module: "edited-" + module)
+    with pytest.raises(ConversionRefused, match=r"code '[0-9a-f]{8}.*' → 'edited-pipeline\.sources\.refcoco'"):
+        convert(_reader(fx), out, shard_size=2)
+
+
 # ---- concurrent runs --------------------------------------------------------------------------------------
 def test_second_run_into_a_locked_dataset_fails_at_once_naming_the_holder(fx, tmp_path):
     out = tmp_path / "out"
