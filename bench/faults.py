@@ -66,7 +66,7 @@ def make_source(root: Path, n: int, seed: int) -> tuple[Path, Path]:
 
 
 def command(refer: Path, images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+    return [sys.executable, "-c", "import sys; from smartedit_cli.main import main; sys.exit(main(sys.argv[1:]))",
             "convert", "refcoco", "--root", str(refer), "--images", str(images), "--split", "train", "--out", str(out),
             *extra]
 

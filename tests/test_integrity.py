@@ -113,11 +113,11 @@ def test_second_run_into_a_locked_dataset_fails_at_once_naming_the_holder(fx, tm
 
 
 def test_cli_second_run_is_one_line_and_exit_1(fx, tmp_path):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     out = tmp_path / "out"
     with DatasetLock(out / "refcoco" / "train"):
-        code = subprocess.run([sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+        code = subprocess.run([sys.executable, "-c", "import sys; from smartedit_cli.main import main; sys.exit(main(sys.argv[1:]))",
                                "convert", "refcoco", "--root", str(fx.roots["refcoco"]), "--split", "train",
                                "--images", fx.options["refcoco"]["images"], "--out", str(out)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
@@ -256,7 +256,7 @@ def _one_line_failure(path: Path, needle: str) -> None:
     assert not report.ok
     assert any(needle in p for p in report.problems), report.problems
     assert all("\n" not in p for p in report.problems)
-    out = subprocess.run([sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+    out = subprocess.run([sys.executable, "-c", "import sys; from smartedit_cli.main import main; sys.exit(main(sys.argv[1:]))",
                           "shards", "verify", str(path)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout
@@ -501,7 +501,7 @@ def test_magicbrush_mask_stored_as_zero_one_is_a_mask():
 
 # ---- unusable output paths -------------------------------------------------------------------------------
 def _cli(*args: str, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+    return subprocess.run([sys.executable, "-c", "import sys; from smartedit_cli.main import main; sys.exit(main(sys.argv[1:]))",
                            *args], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=180, preexec_fn=preexec)
 
