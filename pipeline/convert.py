@@ -39,7 +39,7 @@ from pipeline.provenance import Provenance, spec_hash
 from pipeline.records import Reject, Sample
 from pipeline.sources.base import SourceError
 from pipeline.sources.images import RejectError
-from pipeline.writer import STATS_SUFFIX, ShardStats, remove_stale_temporaries, stats_path, write_shard
+from pipeline.writer import ShardStats, remove_stale_temporaries, stats_path, write_shard
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ import pytest
 from PIL import Image
 
 from convert_fixtures import build_sources, jpeg, png
-from pipeline.convert import ConversionRefused, OutputError, convert
+from pipeline.convert import ConversionRefused, convert
 from pipeline.locking import DatasetLock, DatasetLockedError
-from pipeline.manifest import load_manifest
 from pipeline.sources import convert_source, get_reader
 from pipeline.sources.base import SourceError, clear_cache
 from pipeline.sources.images import RejectError, decode_binary_mask, probe_image, read_regular_file
@@ -113,8 +112,6 @@ def test_second_run_into_a_locked_dataset_fails_at_once_naming_the_holder(fx, tm
 
 
 def test_cli_second_run_is_one_line_and_exit_1(fx, tmp_path):
-    from smartedit_cli.main import main
-
     out = tmp_path / "out"
     with DatasetLock(out / "refcoco" / "train"):
         code = subprocess.run([sys.executable, "-c", "import sys; from smartedit_cli.main import main; sys.exit(main(sys.argv[1:]))",
@@ -123,7 +120,6 @@ def test_cli_second_run_is_one_line_and_exit_1(fx, tmp_path):
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert code.returncode == 1
     assert code.stderr.strip().count("\n") == 0 and f"pid {os.getpid()}" in code.stderr
-    assert main is not None
 
 
 def test_temporary_names_are_unique():
