@@ -8,7 +8,8 @@ Usage::
                      vae_dir="ckpt/sd15/vae", clip_text_dir="ckpt/clip-vit-large-patch14")
     cfg = get_preset("7b-official", ...)                       # the official code's LoRA (r=8, alpha=16)
 
-Paper values are the defaults; where the official code differs, its value is a named preset (REFERENCE §1-2).
+Paper values are the defaults; where the official code differs, its value is a named preset (the paper's
+implementation details vs the official train/DS_SmartEdit_train.py).
 This module imports nothing heavy: the CLI and the training recipes read it at startup.
 """
 

@@ -1,4 +1,5 @@
-"""Typed training configuration for the two SmartEdit stages, with named presets (REFERENCE §2).
+"""Typed training configuration for the two SmartEdit stages, with named presets (the SmartEdit
+paper's implementation details and the official train/DS_SmartEdit_train.py).
 
 Usage::
 
@@ -187,14 +188,14 @@ class TrainConfig:
 
 
 def _stage1(**kw: Any) -> dict[str, Any]:
-    # SmartEdit paper §4.1 / official train/DS_SmartEdit_train.py: AdamW lr 2e-4, wd 0; 150k steps at global batch
+    # SmartEdit paper (implementation details) / official train/DS_SmartEdit_train.py: AdamW lr 2e-4, wd 0; 150k steps at global batch
     # 128; cosine schedule with 4 % linear warm-up (the official script's lr_scheduler_type / warmup_ratio).
     return {"stage": 1, "lr": 2e-4, "weight_decay": 0.0, "steps": 150_000, "micro_batch_size": 16, "grad_accum": 1,
             "lr_scheduler": "cosine", "warmup_ratio": 0.04, **kw}
 
 
 def _stage2(weight_decay: float, **kw: Any) -> dict[str, Any]:
-    # SmartEdit paper §4.1: AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The official code's schedule
+    # SmartEdit paper (implementation details): AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The official code's schedule
     # (5k steps without BIM, then 15k with it) is ``no_bim_steps=5000`` in the -code presets (model/recipe.py).
     return {"stage": 2, "lr": 1e-5, "weight_decay": weight_decay, "steps": 20_000, "micro_batch_size": 2,
             "grad_accum": 8, "warmup_steps": 500, **kw}

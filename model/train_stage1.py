@@ -1,5 +1,5 @@
 """Stage 1 (alignment) recipe: caption text only, CE on the [IMG] tokens + MSE(QFormer(h), CLIP text of the caption)
-(SmartEdit paper §3.3 / §4.1; official train/DS_SmartEdit_train.py).
+(SmartEdit paper, alignment stage; official train/DS_SmartEdit_train.py).
 
 Trains the new [IMG] token rows and the QFormer (with its 77 queries); LLaVA and CLIP text stay frozen, and no UNet,
 VAE or BIM is built. Checkpoints hold only what trains here; stage 2 starts from one with ``init_from``.

@@ -1,5 +1,5 @@
-"""Stage 2 (joint training) recipe: the SmartEdit mixture, CE + diffusion MSE 1:1 (SmartEdit paper §3.4 / §4.1;
-official train/DS_SmartEdit_train.py).
+"""Stage 2 (joint training) recipe: the SmartEdit mixture, CE + diffusion MSE 1:1 (SmartEdit paper, joint
+training; official train/DS_SmartEdit_train.py).
 
 Trains LoRA, the new [IMG] token rows, the QFormer, BIM and the full UNet; the LLM, vision tower, projector,
 VAE and CLIP text stay frozen. The shared plumbing (setup → train → checkpoint → cleanup) is model/recipe.py;

@@ -76,10 +76,8 @@ def _add_shards(subparsers) -> None:
     p.add_argument("path", help="a dataset directory, a shardindex.json, or a directory holding several datasets")
     p.add_argument("--no-schema", action="store_true", help="skip the per-sample schema check")
     p.set_defaults(func=_shards_verify)
-    try:
-        from pipeline.synthetic.cli import add_shards_subcommands
-    except ImportError:
-        return
+    from pipeline.synthetic.cli import add_shards_subcommands  # part of this package: an ImportError is a bug
+
     add_shards_subcommands(sub)
 
 
@@ -105,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError) as err:
+        if args.verbose:
+            raise  # -v: keep the traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
 
