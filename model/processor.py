@@ -66,6 +66,8 @@ class SmartEditProcessor:
         ids += self._ids(pre)
         if with_image:
             ids += [self.image_token_id] * self.num_image_placeholders
+        else:  # text only (stage-1 captions): no line break after an image that is not there
+            post = post.lstrip("\n")
         return ids + self._ids(post.format(instruction=instruction))
 
     def clip_pixels(self, image: Image.Image):

@@ -176,7 +176,7 @@ class Recipe:
         DeepSpeed's unresolvable "auto"."""
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is not None:
-            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.cfg.micro_batch_size
+            set_deepspeed_micro_batch(plugin, self.cfg)
         return self.accelerator.prepare(model, optimizer)
 
     # -- train ----------------------------------------------------------------------------------------------
@@ -253,6 +253,12 @@ class Recipe:
         self.setup()
         self.train()
         return self.cleanup()
+
+
+def set_deepspeed_micro_batch(plugin, cfg: TrainConfig) -> None:
+    """Resolve DeepSpeed's per-GPU micro-batch from the run config (accelerate would read it off a prepared
+    DataLoader; the recipes prepare none). ``plugin``: accelerate's ``DeepSpeedPlugin``."""
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
 
 
 class _FullStateView:
