@@ -323,3 +323,5 @@ def test_official_two_phase_schedule_is_one_call(stage2_manifests, tmp_path):
     for key, value in first.items():  # phase 2 started from phase 1 (lr ~ 0: nothing moved since)
         assert torch.allclose(second[key], value, atol=1e-6), key
     assert read_state(latest_checkpoint(tmp_path / NO_BIM_PHASE))["run"]["model"]["bim"]["variant"] == "plain"
+    again = train_stage2(dataclasses.replace(cfg, resume="latest"))  # rerun: both phases continue (here: are done)
+    assert (again.start_step, again.steps, again.history) == (2, 2, [])
