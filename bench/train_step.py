@@ -209,7 +209,7 @@ def in_memory_components(parts: dict):
     (the directory check is satisfied with an empty temp dir)."""
     import model.smartedit as smartedit
 
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(smartedit, "_load_components", lambda cfg: parts):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(smartedit, "_load_components", lambda cfg, **kw: parts):
         yield {name: tmp for name in ("llava_dir", "unet_dir", "vae_dir", "clip_text_dir")}
 
 

@@ -36,19 +36,17 @@ def _stage2(manifests, out, **kw) -> TrainConfig:
     return get_train_preset(2, "tiny", manifests=manifests, output_dir=str(out), allow_missing_sources=True, **kw)
 
 
-def test_loss_decreases_on_a_fixed_batch(stage2_manifests):
-    from model.data import MixtureDataset
-    from model.mixture import build_mixture, load_mixture_spec
-    from model.smartedit import build_smartedit
-    from model.train_stage2 import Featurize
+def test_loss_decreases_on_a_fixed_batch(stage2_manifests, tmp_path):
+    from model.train_stage2 import Stage2Recipe
 
-    cfg = _stage2(stage2_manifests, "unused")
-    model = build_smartedit(cfg.model_config())
-    mixture = build_mixture(load_mixture_spec(), stage2_manifests, allow_missing=True)
-    ds = MixtureDataset(mixture, Featurize(model.processor), resolution=model.config.resolution)
-    batch = model.processor.collate([ds[i] for i in range(4)])
+    recipe = Stage2Recipe(_stage2(stage2_manifests, tmp_path))
+    recipe.setup()  # the recipe's own model, optimizer and data stream, no rebuilding by hand
+    model = recipe.model
+    batch = recipe.processor.collate([recipe.dataset[i] for i in range(4)])
     assert batch["is_edit"].any()
-    opt = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=1e-3)
+    opt = recipe.optimizer
+    for group in opt.param_groups:
+        group["lr"] = 1e-3
     model.train()
     losses = []
     for _ in range(8):
@@ -58,6 +56,7 @@ def test_loss_decreases_on_a_fixed_batch(stage2_manifests):
         opt.step()
         opt.zero_grad()
         losses.append(float(out["loss"].detach()))
+    recipe.cleanup()
     assert losses[-1] < losses[0] - 0.05, losses
 
 
