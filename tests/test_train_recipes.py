@@ -324,3 +324,14 @@ def test_official_two_phase_schedule_is_one_call(stage2_manifests, tmp_path):
     assert read_state(latest_checkpoint(tmp_path / NO_BIM_PHASE))["run"]["model"]["bim"]["variant"] == "plain"
     again = train_stage2(dataclasses.replace(cfg, resume="latest"))  # rerun: both phases continue (here: are done)
     assert (again.start_step, again.steps, again.history) == (2, 2, [])
+
+
+def test_building_the_tiny_model_leaves_the_global_rng_alone():
+    """The recipes seed the global RNG per rank *after* building; the tiny builders must not reseed it (they
+    did, so every rank drew the same noise)."""
+    from model.smartedit import build_smartedit
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    build_smartedit(get_train_preset(2, "tiny").model_config())
+    assert torch.equal(torch.get_rng_state(), before)
