@@ -6,7 +6,7 @@
 #   bench/launch_multi_gpu.sh deepspeed RUN.yaml [more recipe args]   # ZeRO-2 as the official code; pip install deepspeed
 #   STAGE=1 NPROC=4 bench/launch_multi_gpu.sh fsdp2 stage1.yaml
 #
-# RUN.yaml holds TrainConfig fields (stage 2 by default, e.g. `preset: 7b-code` for the official two-phase
+# RUN.yaml holds TrainConfig fields (stage 2 by default, e.g. `preset: 7b-official` for the official two-phase
 # schedule). The recipe logs per-step losses, lr and seconds; TensorBoard events go to output_dir/tensorboard.
 set -euo pipefail
 backend=${1:?usage: $0 fsdp2|deepspeed RUN.yaml [recipe args]}

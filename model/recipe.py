@@ -124,12 +124,13 @@ class Recipe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save_yaml(self.run_dir / "config.yaml")
 
+        self.resume_dir = resume_dir = resolve_resume(cfg.resume, self.run_dir)
+        if resume_dir is not None:  # before building: a mismatch should not cost a 7B model load
+            check_resume(read_state(resume_dir), cfg, accelerator.num_processes, resume_dir)
         # Every rank builds the same model (initialisation is keyed on the model config's seed) ...
         model = build_smartedit(cfg.model_config())
         self.init_weights(model)
-        self.resume_dir = resume_dir = resolve_resume(cfg.resume, self.run_dir)
         if resume_dir is not None:
-            check_resume(read_state(resume_dir), cfg, accelerator.num_processes, resume_dir)
             self._load_weights(model, load_trainable(resume_dir), resume_dir)
         # ... then the global RNG is seeded per rank (seed + rank): noise, timesteps and CFG dropout differ per GPU.
         set_seed(cfg.seed, device_specific=True)
@@ -164,11 +165,11 @@ class Recipe:
     def _load_weights(self, model, weights: dict[str, Any], path: Path) -> None:
         """Resume: exactly the keys this stage's checkpoints hold, no more, no fewer."""
         expected = set(self.checkpoint_weights(model))
-        keys = model.load_trainable_state_dict(weights, strict=False)
-        missing = sorted(expected - set(weights))
-        if missing or keys.unexpected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
             raise KeyError(f"{path}: not a stage-{self.stage} checkpoint of this model: missing {missing[:5]}, "
-                           f"unexpected {keys.unexpected[:5]}")
+                           f"unexpected {unexpected[:5]}")
+        model.load_trainable_state_dict(weights, strict=False)  # a subset of the model's trainable set
 
     def _prepare(self, model, optimizer):
         """accelerate.prepare for every backend. DeepSpeed sizes its micro-batch from a prepared DataLoader, which

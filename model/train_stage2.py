@@ -8,7 +8,8 @@ this file holds stage 2's part.
     python -m model.train_stage2 --config run.yaml                       # CPU or one GPU
     accelerate launch --config_file model/accelerate/multi_gpu_deepspeed_zero2.yaml \\
         -m model.train_stage2 --config run.yaml                          # 8 GPUs
-    python -m model.train_stage2 --preset 7b-code --config run.yaml      # official schedule: 5k without BIM, 15k with
+    python -m model.train_stage2 --config run.yaml --no-bim-steps 5000   # official schedule: 5k without BIM, then BIM
+                                                                         # (the 7b-official / 13b-official default)
     from model.train_stage2 import train_stage2; from model.train_config import get_train_preset
     result = train_stage2(get_train_preset(2, "tiny", manifests=[...], output_dir="runs/t", allow_missing_sources=True))
 
