@@ -367,6 +367,8 @@ class SmartEditConfig:
             "InstructDiffusion or InstructPix2Pix 'unet/', or SD-1.5 'unet/'",
             "vae_dir": "a diffusers AutoencoderKL dir (SD-1.5 'vae/')",
         }
+        if self.stage == 1:  # alignment builds no UNet or VAE (model/smartedit.py build_smartedit)
+            del needs["unet_dir"], needs["vae_dir"]
         if self.null_text_embeds_path is None:
             needs["clip_text_dir"] = "a CLIP ViT-L/14 text encoder dir (transformers CLIPTextModel + tokenizer)"
         for name, what in needs.items():

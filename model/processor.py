@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-def pil_to_unit_range(image: Image.Image, size: int | tuple[int, int]):
+def pil_to_signed_unit_range(image: Image.Image, size: int | tuple[int, int]):
     """PIL → (3, H, W) float tensor in [-1, 1]; size is S or (H, W) (bicubic resize when the size differs)."""
     import numpy as np
     import torch
@@ -66,6 +66,8 @@ class SmartEditProcessor:
         ids += self._ids(pre)
         if with_image:
             ids += [self.image_token_id] * self.num_image_placeholders
+        else:  # text only (stage-1 captions): no line break after an image that is not there
+            post = post.lstrip("\n")
         return ids + self._ids(post.format(instruction=instruction))
 
     def clip_pixels(self, image: Image.Image):
@@ -102,26 +104,24 @@ class SmartEditProcessor:
         }
         if image is not None:
             sample["clip_pixels"] = self.clip_pixels(image)
-            sample["src_pixels"] = pil_to_unit_range(image, self.config.resolution)
+            sample["src_pixels"] = pil_to_signed_unit_range(image, self.config.resolution)
         if target is not None:
-            sample["tgt_pixels"] = pil_to_unit_range(target, self.config.resolution)
+            sample["tgt_pixels"] = pil_to_signed_unit_range(target, self.config.resolution)
         return sample
 
     def encode_caption(self, caption: str) -> dict[str, Any]:
-        """Stage-1 sample: ``<s>{caption}<img_0>…`` with CE on the [IMG] tokens, plus the CLIP tokens of the caption
-        (clip_text_input_ids (77,)) for the alignment target."""
-        import torch
-
+        """Stage-1 sample: the caption in the same conversation template as a stage-2 edit, text only (no image
+        placeholders): ``<s>{system} USER: {caption} ASSISTANT:<img_0>…``, CE on the [IMG] tokens, plus the CLIP
+        tokens of the caption (clip_text_input_ids (77,)) for the alignment target. One prompt path for both
+        stages (``encode``), so the [IMG] tokens are learned in the context they are used in."""
         if self.text_tokenizer is None:
             raise ValueError("stage-1 captions need the CLIP text tokenizer (config.clip_text_dir)")
-        ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        ids += self._ids(caption)
-        labels = [IGNORE_INDEX] * len(ids) + list(self.img_token_ids)
-        ids += self.img_token_ids
-        clip_ids = self.text_tokenizer(caption, padding="max_length", max_length=self.text_tokenizer.model_max_length,
-                                       truncation=True, return_tensors="pt")["input_ids"][0]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "is_edit": False,
-                "clip_text_input_ids": clip_ids}
+        sample = self.encode(None, caption)
+        sample["is_edit"] = False  # no diffusion target in stage 1
+        sample["clip_text_input_ids"] = self.text_tokenizer(
+            caption, padding="max_length", max_length=self.text_tokenizer.model_max_length, truncation=True,
+            return_tensors="pt")["input_ids"][0]
+        return sample
 
     def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Right-pad token fields; stack images (rows without an image view get zeros, they are masked out).
