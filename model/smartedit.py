@@ -23,7 +23,7 @@ from torch import nn
 
 from model.bim import BidirectionalInteractionModule
 from model.config import SmartEditConfig
-from model.llava import SmartEditLLaVA, add_img_tokens, num_image_placeholders, wrap_with_lora
+from model.llava import SmartEditLLaVA, add_img_tokens, num_image_placeholders, use_projector, wrap_with_lora
 from model.processor import SmartEditProcessor
 from model.qformer import QFormer
 from model.unet import (
@@ -290,6 +290,7 @@ def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> Sma
     else:
         parts = _load_components(config)
     llava, tokenizer, image_processor = parts["llava"], parts["tokenizer"], parts["image_processor"]
+    llava = use_projector(llava, config.projector)
     img_ids = add_img_tokens(tokenizer, config)
     unet = widen_conv_in(parts["unet"])
     ctx_dim = unet.config.cross_attention_dim
@@ -341,11 +342,13 @@ def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> Sma
 def _load_components(config: SmartEditConfig) -> dict[str, Any]:
     """Load every pretrained part from its local directory (real presets or saved tiny/pipeline dirs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlavaForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel
+
+    from model.llava import load_llava
 
     llm_dtype = _DTYPES[config.llm_dtype]
     parts: dict[str, Any] = {
-        "llava": LlavaForConditionalGeneration.from_pretrained(config.llava_dir, dtype=llm_dtype).eval(),
+        "llava": load_llava(config.llava_dir, llm_dtype, config.projector),
         "tokenizer": AutoTokenizer.from_pretrained(config.tokenizer_dir or config.llava_dir),
         "image_processor": AutoImageProcessor.from_pretrained(config.llava_dir),
         "unet": UNet2DConditionModel.from_pretrained(config.unet_dir),

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "pipeline.synthetic.cli",
     "model.cli",
     "model.evaluation.cli",
+    "model.importers.cli",
 )
 
 
