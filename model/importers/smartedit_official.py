@@ -351,13 +351,15 @@ def import_checkpoint(source: Path, out: Path, vicuna: str, clip_vision: str, sd
     save_file({"null_text_embeds": null.contiguous()}, str(out / NULL_EMBEDS_NAME))
 
     dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    # Load in the dtype the release was saved in (the official inference runs fp32); the VAE follows it.
+    llm_dtype = dtype_name.get(llava_config_dtype(llava_dir), "bfloat16")
     hidden = config.text_config.hidden_size
     cfg = SmartEditConfig(
         preset={4096: "7b-official", 5120: "13b-official"}.get(hidden, "smartedit-official"),
         llava_dir="llava", unet_dir="unet", vae_dir="vae", qformer_dir="qformer", bim_dir="bim",
         null_text_embeds_path=NULL_EMBEDS_NAME, num_img_tokens=NUM_IMG_TOKENS,
         prompt_template=PROMPT_TEMPLATES["smartedit-official"], projector="linear", lora=None,
-        qformer=qcfg, bim=bcfg, llm_dtype=dtype_name.get(llava_config_dtype(llava_dir), "bfloat16"),
+        qformer=qcfg, bim=bcfg, llm_dtype=llm_dtype, vae_dtype=llm_dtype,
         gradient_checkpointing=False,
     )
     cfg.save(out / CONFIG_NAME)
@@ -398,6 +400,19 @@ def map_vision(weights: dict[str, torch.Tensor], source_name: str, report: Mappi
     return m.finish({k: v for k, v in expected.items() if k.startswith("model.vision_tower.")}, "vision_tower", report)
 
 
+# transformers saves LLaVA under its older on-disk names and renames them when loading; do the same here.
+_SAVED_LLAVA_PREFIXES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+                         ("vision_tower.", "model.vision_tower."),
+                         ("multi_modal_projector.", "model.multi_modal_projector."))
+
+
+def _runtime_llava_key(key: str) -> str:
+    for old, new in _SAVED_LLAVA_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def _check(target: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], component: str, source: str) -> None:
     m = KeyMapping({}, source)  # an empty source: finish() then checks only the target side
     m.target = target
@@ -423,7 +438,7 @@ def export_checkpoint(source: Path, out: Path, step: int = 15000) -> MappingRepo
     llava_dir = source / "llava"
     llava = {}
     for f in sorted(llava_dir.glob("model*.safetensors")):
-        llava.update(load_file(str(f)))
+        llava.update({_runtime_llava_key(k): v for k, v in load_file(str(f)).items()})
     text_config = json.loads((llava_dir / "config.json").read_text())["text_config"]
     m = KeyMapping(llava, str(llava_dir))
     m.drop_matching(lambda k: k.startswith("model.vision_tower."), "CLIP tower: not in the release (loaded from CLIP)")
