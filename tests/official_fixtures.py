@@ -214,3 +214,51 @@ def write_tiny_official(root: str | Path, seed: int = 0) -> dict[str, Path]:
 if __name__ == "__main__":
     paths = write_tiny_official(sys.argv[1] if len(sys.argv) > 1 else "official-fixture")
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+
+
+# -- LDM (CompVis / InstructPix2Pix / InstructDiffusion .ckpt) names ----------------------------------------------------
+_LDM_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+               ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+_LDM_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+            "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def diffusers_to_ldm_unet(state: dict, config: dict) -> dict:
+    """diffusers UNet2DConditionModel names → LDM ``model.diffusion_model.*`` names (the inverse of diffusers'
+    single-file conversion, written from the LDM layout: input_blocks 3 per level, output_blocks 3 per level,
+    middle_block res/attn/res)."""
+    levels = len(config["block_out_channels"])
+    per = config["layers_per_block"]
+    up_has_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    prefixes: list[tuple[str, str]] = []
+    for i in range(levels):
+        for j in range(per):
+            prefixes += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(per + 1) * i + j + 1}.0."),
+                         (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(per + 1) * i + j + 1}.1.")]
+        if i < levels - 1:
+            prefixes.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op."))
+        for j in range(per + 1):
+            prefixes += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(per + 1) * i + j}.0."),
+                         (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(per + 1) * i + j}.1.")]
+        if i < levels - 1:
+            prefixes.append((f"up_blocks.{i}.upsamplers.0.",
+                             f"output_blocks.{(per + 1) * i + per}.{2 if up_has_attn[i] else 1}."))
+    prefixes += [("mid_block.attentions.0.", "middle_block.1."), ("mid_block.resnets.0.", "middle_block.0."),
+                 ("mid_block.resnets.1.", "middle_block.2.")]
+    out = {}
+    for key, value in state.items():
+        new = None
+        for hf, sd in _LDM_TOP.items():
+            if key.startswith(hf + "."):
+                new = sd + key[len(hf):]
+        for hf, sd in prefixes:
+            if key.startswith(hf):
+                rest = key[len(hf):]
+                if ".resnets." in hf:
+                    for a, b in _LDM_RESNET:
+                        if rest.startswith(a + "."):
+                            rest = b + rest[len(a):]
+                new = sd + rest
+        assert new is not None, key
+        out["model.diffusion_model." + new] = value
+    return out
