@@ -178,37 +178,82 @@ def write_release(root: Path, state: dict[str, dict], step: int = STEP) -> Path:
     return root
 
 
-def write_tiny_official(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Tiny release + the base folders the official code loads (Vicuna config/tokenizer, CLIP vision, SD)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+def _base_tokenizer(size: int):
+    """The tiny byte-level tokenizer, padded with unreachable filler tokens to ``size`` entries (LLaMA: 32000)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from model.llava import TINY_SPECIALS, build_tiny_tokenizer
+
+    if size == TINY.base_vocab:
+        return build_tiny_tokenizer()
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    while len(vocab) < size:
+        vocab[f"<filler_{len(vocab)}>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", model_max_length=2048)
+
+
+def write_official(root: str | Path, w: Widths = TINY, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """A release at widths ``w`` (random weights, stored in ``dtype``) + the base folders the official code loads
+    (Vicuna config/tokenizer, CLIP vision, SD unet config / VAE / text encoder)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
     from model.llava import build_tiny_tokenizer
     from model.tiny import build_tiny_text_encoder
     from model.unet import build_tiny_vae
 
     root = Path(root)
-    w = TINY
-    tokenizer = build_tiny_tokenizer()
+    tiny = w is TINY
+    tokenizer = _base_tokenizer(w.base_vocab)
     assert len(tokenizer) == w.base_vocab, len(tokenizer)
     vicuna = root / "vicuna"
     llama_config(w).save_pretrained(vicuna)
     tokenizer.save_pretrained(vicuna)
     clip = root / "clip-vision"
     torch.manual_seed(seed + 5)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=w.clip_width, intermediate_size=64, num_hidden_layers=3,
-                                     num_attention_heads=4, image_size=32, patch_size=8,
-                                     projection_dim=32)).save_pretrained(clip)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip)
+    if tiny:
+        vision = CLIPVisionConfig(hidden_size=w.clip_width, intermediate_size=64, num_hidden_layers=3,
+                                  num_attention_heads=4, image_size=32, patch_size=8, projection_dim=32)
+    else:  # CLIP ViT-L/14 at 224 px
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
+    CLIPVisionModel(vision).save_pretrained(clip)
+    side = vision.image_size
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(clip)
     sd = root / "sd"
-    from diffusers import UNet2DConditionModel
-
     UNet2DConditionModel.from_config(sd15_unet_config(w)).save_config(sd / "unet")
-    build_tiny_vae(seed + 3).save_pretrained(sd / "vae")
-    text_encoder, text_tokenizer = build_tiny_text_encoder(w.qformer_hidden, seed + 4)
+    if tiny:
+        build_tiny_vae(seed + 3).save_pretrained(sd / "vae")
+        text_encoder, text_tokenizer = build_tiny_text_encoder(w.qformer_hidden, seed + 4)
+    else:  # SD-1.5's VAE and CLIP-L/14 text encoder shapes (the tokenizer is the byte-level stand-in)
+        AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                      up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                      sample_size=512).save_pretrained(sd / "vae")
+        text_tokenizer = build_tiny_tokenizer(clip_style=True)
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                    num_attention_heads=12, vocab_size=49408,
+                                                    max_position_embeddings=77, bos_token_id=1, eos_token_id=2,
+                                                    pad_token_id=3, projection_dim=768))
     text_encoder.save_pretrained(sd / "text_encoder")
     text_tokenizer.save_pretrained(sd / "tokenizer")
-    release = write_release(root / "release", official_state_dicts(w, seed))
+    state = official_state_dicts(w, seed)
+    if dtype != torch.float32:
+        state = {name: {k: v.to(dtype) if v.is_floating_point() and "inv_freq" not in k else v for k, v in part.items()}
+                 for name, part in state.items()}
+    release = write_release(root / "release", state)
     return {"release": release, "vicuna": vicuna, "clip_vision": clip, "sd": sd}
+
+
+def write_tiny_official(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Tiny release + base folders (see ``write_official``)."""
+    return write_official(root, TINY, seed)
 
 
 if __name__ == "__main__":
