@@ -43,6 +43,28 @@ def test_ldm_checkpoint_becomes_the_same_8_channel_unet(tmp_path, suffix):
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ldm_ema_weights_on_request(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from model.importers import import_checkpoint
+    from model.importers.ldm_unet import ema_key
+
+    config = sd15_unet_config(TINY)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config)
+    ldm = diffusers_to_ldm_unet(unet.state_dict(), config)
+    ldm.update({ema_key(k): v + 1 for k, v in list(ldm.items())})  # EMA copies differ by +1
+    torch.save({"state_dict": ldm}, tmp_path / "ip2p.ckpt")
+    cfg_dir = _saved_config(unet, tmp_path)
+    import_checkpoint("instructdiffusion-ldm", tmp_path / "ip2p.ckpt", tmp_path / "ema", unet_config=str(cfg_dir),
+                      ema=True)
+    import_checkpoint("instructdiffusion-ldm", tmp_path / "ip2p.ckpt", tmp_path / "raw", unet_config=str(cfg_dir))
+    ema = UNet2DConditionModel.from_pretrained(tmp_path / "ema").state_dict()
+    raw = UNet2DConditionModel.from_pretrained(tmp_path / "raw").state_dict()
+    for key, value in unet.state_dict().items():
+        assert torch.equal(raw[key], value) and torch.equal(ema[key], value + 1), key
+
+
 def _saved_config(unet, tmp_path):
     unet.save_config(tmp_path / "diffusers_cfg")
     return tmp_path / "diffusers_cfg"

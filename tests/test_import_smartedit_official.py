@@ -239,7 +239,7 @@ def test_strict_mapping_names_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"shape mismatch.*conv_in.weight.*\(320, 4, 3, 3\)"):
         map_unet(sd["unet"], "unet.bin", expected={k[5:]: (320, 4, 3, 3) if k == "unet.conv_in.weight" else tuple(v.shape)
                                                  for k, v in sd["unet"].items()})
-    with pytest.raises(KeyError, match="required key 'x'"):
+    with pytest.raises(ValueError, match="f.bin: required key 'x' is missing"):
         KeyMapping({}, "f.bin").take("x")
 
     import argparse
@@ -294,3 +294,12 @@ def test_full_size_key_sets_on_the_meta_device(widths, llm_keys):
         unet = UNet2DConditionModel(**sd15_unet_config(widths))
     map_bim(sd["modulate"], "modulate.bin", expected=shapes_of(bim))
     map_unet(sd["unet"], "unet.bin", expected=shapes_of(unet))
+
+
+def test_cli_reports_a_wrong_folder_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    rc = main(["import-checkpoint", "smartedit-official", str(tmp_path), "--out", str(tmp_path / "o"),
+               "--vicuna", str(tmp_path), "--clip-vision", str(tmp_path), "--sd", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "no LLM-<step>/ folder" in err[0]

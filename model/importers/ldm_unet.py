@@ -24,9 +24,16 @@ LDM_PREFIX = "model.diffusion_model."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-config", required=True, help="diffusers UNet folder or its config.json (SD-1.5 "
                         "unet/); in_channels is taken from the checkpoint")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights (model_ema.*) when the checkpoint has "
+                        "them, as diffusers' --extract_ema does")
 
 
-def import_checkpoint(source: Path, out: Path, unet_config: str) -> MappingReport:
+def ema_key(key: str) -> str:
+    """LDM keeps EMA copies under ``model_ema.`` with the dots of the rest of the name removed."""
+    return "model_ema." + "".join(key.split(".")[1:])
+
+
+def import_checkpoint(source: Path, out: Path, unet_config: str, ema: bool = False) -> MappingReport:
     """Convert ``source`` with diffusers' single-file loader and save a UNet folder at ``out``."""
     import torch
     from diffusers import UNet2DConditionModel
@@ -37,6 +44,18 @@ def import_checkpoint(source: Path, out: Path, unet_config: str) -> MappingRepor
     unet_keys = m.keys_with_prefix(LDM_PREFIX)
     if not unet_keys:
         raise ValueError(f"{source}: no '{LDM_PREFIX}*' keys; not an LDM/InstructPix2Pix checkpoint")
+    tensors = {k: state[k] for k in unet_keys}
+    if ema:
+        missing = [k for k in unet_keys if ema_key(k) not in state]
+        if missing:
+            raise ValueError(f"{source}: --ema given but no EMA copy of {len(missing)} UNet tensors, e.g. "
+                             f"{ema_key(missing[0])}; drop --ema")
+        tensors = {k: state[ema_key(k)] for k in unet_keys}
+        for k in unet_keys:
+            m.take(ema_key(k))
+            m.mapped += 1
+            m.drop(k, "raw (non-EMA) weight: its EMA copy was used")
+        report.notes.append("EMA weights (model_ema.*) used; the raw model.diffusion_model.* weights dropped")
     m.drop_matching(lambda k: not k.startswith(LDM_PREFIX), "VAE / text encoder / EMA / schedule buffers: the "
                     "UNet folder holds the UNet only (VAE and CLIP come from SD-1.5)")
     in_channels = int(state[LDM_PREFIX + "input_blocks.0.0.weight"].shape[1])
@@ -50,11 +69,12 @@ def import_checkpoint(source: Path, out: Path, unet_config: str) -> MappingRepor
         from safetensors.torch import save_file
 
         # Only the UNet tensors, as safetensors: diffusers' single-file loader reads it without unpickling.
-        save_file({k: state[k].contiguous() for k in unet_keys}, str(ldm_file))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(ldm_file))
         unet = UNet2DConditionModel.from_single_file(str(ldm_file), config=tmp, torch_dtype=torch.float32)
-    for key in unet_keys:
-        m.take(key)
-        m.mapped += 1
+    if not ema:
+        for key in unet_keys:
+            m.take(key)
+            m.mapped += 1
     m.finish(None, "unet", report)
     with torch.device("meta"):
         expected = shapes_of(UNet2DConditionModel.from_config(config))

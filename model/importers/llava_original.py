@@ -36,7 +36,7 @@ def _shards(source: Path) -> list[Path]:
     return files
 
 
-def map_llava_original(state: dict, source_name: str, select_layer: int, report: MappingReport | None = None,
+def map_llava_original(state: dict, source_name: str, report: MappingReport | None = None,
                        expected: dict | None = None) -> dict:
     """Original LLaVA names → transformers LlavaForConditionalGeneration names (vision tower excluded)."""
     m = KeyMapping(state, source_name)
@@ -46,7 +46,6 @@ def map_llava_original(state: dict, source_name: str, select_layer: int, report:
     m.move("model.mm_projector.weight", "model.multi_modal_projector.linear_1.weight")
     m.move("model.mm_projector.bias", "model.multi_modal_projector.linear_1.bias")
     m.move_prefix("model.", "model.language_model.")
-    del select_layer
     target = m.finish(None, "llava", report)
     if expected is not None:
         lm_expected = {k: v for k, v in expected.items() if not k.startswith("model.vision_tower.")}
@@ -58,7 +57,6 @@ def map_llava_original(state: dict, source_name: str, select_layer: int, report:
 
 def import_checkpoint(source: Path, out: Path, clip_vision: str) -> MappingReport:
     """Write ``out`` as a LlavaForConditionalGeneration folder (+ tokenizer, CLIP image processor)."""
-    import torch
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     from model.importers.smartedit_official import _clip_vision_weights, map_vision, meta_llava
@@ -84,13 +82,13 @@ def import_checkpoint(source: Path, out: Path, clip_vision: str) -> MappingRepor
         state.update(load_weights(shard))
     llava = meta_llava(config)
     expected = shapes_of(llava)
-    target = map_llava_original(state, str(source), select, report, expected)
+    target = map_llava_original(state, str(source), report, expected)
     target.update(map_vision(_clip_vision_weights(clip_dir), str(clip_dir), report, expected))
     llava.load_state_dict(target, assign=True, strict=True)
     llava.config.dtype = target["lm_head.weight"].dtype
     llava.save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor.from_pretrained(clip_dir).save_pretrained(out)
-    report.notes.append(f"vision_feature_layer={select}, patch tokens, one Linear projector; use with "
-                        f"get_preset('7b-paper', llava_dir='{out}') ({torch.__name__} tensors kept in their dtype)")
+    report.notes.append(f"vision_feature_layer={select}, patch tokens, one Linear projector, tensors kept in their "
+                        f"dtype; use with get_preset('7b-paper', llava_dir='{out}')")
     return report

@@ -96,15 +96,16 @@ class KeyMapping:
     def take(self, key: str) -> torch.Tensor:
         """Consume one source key and return its tensor (an error names a missing key and the file)."""
         if key not in self.source:
-            raise KeyError(f"{self.source_name}: required key '{key}' is missing (is this the right file and format?)")
+            raise ValueError(f"{self.source_name}: required key '{key}' is missing (is this the right file and "
+                             f"format?)")
         if key not in self.remaining:
-            raise KeyError(f"{self.source_name}: key '{key}' consumed twice (importer bug)")
+            raise RuntimeError(f"{self.source_name}: key '{key}' consumed twice (importer bug)")
         self.remaining.discard(key)
         return self.source[key]
 
     def put(self, key: str, value: torch.Tensor) -> None:
         if key in self.target:
-            raise KeyError(f"target key '{key}' written twice (importer bug)")
+            raise RuntimeError(f"target key '{key}' written twice (importer bug)")
         self.target[key] = value
         self.mapped += 1
 

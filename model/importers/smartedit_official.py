@@ -248,6 +248,8 @@ def official_tokenizer(vicuna: Path, vocab_rows: int):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(vicuna)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # as the official code does
     base = len(tokenizer)
     tokenizer.add_tokens([IMAGE_PATCH_TOKEN], special_tokens=False)
     tokenizer.add_tokens([IM_START, IM_END], special_tokens=True)
@@ -392,6 +394,8 @@ def map_vision(weights: dict[str, torch.Tensor], source_name: str, report: Mappi
     """A CLIPModel (``vision_model.*`` + ``text_model.*``, as released by OpenAI) or CLIPVisionModel checkpoint →
     the LLaVA vision tower keys (``model.vision_tower.*``)."""
     m = KeyMapping(weights, source_name)
+    m.drop_matching(lambda k: k.endswith("embeddings.position_ids"), "position ids buffer (older checkpoints): "
+                    "recomputed by transformers")
     if any(k.startswith("vision_model.") for k in weights):
         m.move_prefix("vision_model.", "model.vision_tower.")
         m.drop_matching(lambda k: True, "CLIP text tower / projection heads: LLaVA reads the vision tower only")
