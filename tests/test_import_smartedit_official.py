@@ -22,7 +22,7 @@ INSTRUCTION = "Remove the cup on the left"
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """The tiny release, imported through the CLI."""
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     root = tmp_path_factory.mktemp("official")
     paths = write_tiny_official(root)
@@ -198,7 +198,7 @@ def official_edit_without_lora(paths):
 
 
 def test_cli_edit_on_the_imported_pipeline(imported, tmp_path):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     paths, out = imported
     _image().save(tmp_path / "in.png")
@@ -297,7 +297,7 @@ def test_full_size_key_sets_on_the_meta_device(widths, llm_keys):
 
 
 def test_cli_reports_a_wrong_folder_in_one_line(tmp_path, capsys):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     rc = main(["import-checkpoint", "smartedit-official", str(tmp_path), "--out", str(tmp_path / "o"),
                "--vicuna", str(tmp_path), "--clip-vision", str(tmp_path), "--sd", str(tmp_path)])

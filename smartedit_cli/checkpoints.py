@@ -4,7 +4,8 @@
         --vicuna ckpt/vicuna-7b-v1-1 --clip-vision ckpt/clip-vit-large-patch14 --sd ckpt/instruct-pix2pix
     smartedit edit --model pipes/smartedit-7b --image in.png --instruction "..." -o out.png
 
-Each format adds its own options (``model/importers/<format>.py``: ``add_arguments``).
+Each format adds its own options (``model/importers/<format>.py``: ``add_arguments``); the formats are listed
+in ``model.importers.FORMATS``.
 """
 
 from __future__ import annotations
