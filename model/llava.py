@@ -231,3 +231,78 @@ def wrap_with_lora(llava: nn.Module, config: SmartEditConfig, img_token_ids: lis
         trainable_token_indices={"embed_tokens": list(img_token_ids), "lm_head": list(img_token_ids)},
     )
     return get_peft_model(llava, peft_config)
+
+
+# -- projector variants and loading ---------------------------------------------------------------------------------
+PROJECTORS = ("mlp2x_gelu", "linear")
+#: Extra key written into a LLaVA dir's config.json to name its projector (LLaVA's own name for the setting).
+PROJECTOR_CONFIG_KEY = "mm_projector_type"
+#: Sub-folder of a LLaVA dir holding an unmerged peft LoRA adapter (not the dir itself: transformers would load an
+#: adapter_config.json found there on its own, and the adapter would then be applied twice).
+LORA_SUBDIR = "lora"
+
+
+def _linear_projector_class():
+    from torch import nn
+
+    class LinearProjector(nn.Module):
+        """LLaVA-1.1's projector: one Linear from the CLIP width to the LLM width (LLaVA-1.5 uses two with a GELU).
+        The Linear keeps the name ``linear_1`` so checkpoint keys stay transformers' own
+        (``model.multi_modal_projector.linear_1.*``)."""
+
+        def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+            super().__init__()
+            self.linear_1 = nn.Linear(in_features, out_features, bias=bias)
+
+        def forward(self, image_features):
+            return self.linear_1(image_features)
+
+    return LinearProjector
+
+
+def use_projector(llava: nn.Module, variant: str) -> nn.Module:
+    """Give a LlavaForConditionalGeneration the projector ``variant`` ('mlp2x_gelu': transformers' own, a no-op;
+    'linear': one Linear, keeping linear_1's weights). Works on the meta device too. Returns ``llava``."""
+    if variant not in PROJECTORS:
+        raise ValueError(f"unknown projector {variant!r}; choose one of {PROJECTORS}")
+    m = base_llava(llava)
+    old = m.model.multi_modal_projector
+    if variant == "mlp2x_gelu" or not hasattr(old, "linear_2"):
+        return llava
+    new = _linear_projector_class()(old.linear_1.in_features, old.linear_1.out_features, old.linear_1.bias is not None)
+    new.linear_1 = old.linear_1
+    m.model.multi_modal_projector = new
+    setattr(m.config, PROJECTOR_CONFIG_KEY, "linear")
+    return llava
+
+
+def load_llava(llava_dir: str, dtype, projector: str = "mlp2x_gelu") -> nn.Module:
+    """LlavaForConditionalGeneration from a local HF dir, with the projector variant applied and, when the dir also
+    holds a peft LoRA adapter (``lora/adapter_config.json``, e.g. an imported official checkpoint keeps its LoRA
+    unmerged so it can be exported again), the adapter merged: W + (alpha/r)·B·A."""
+    import logging as _logging
+    from pathlib import Path
+
+    from transformers import LlavaForConditionalGeneration
+
+    # A single-Linear checkpoint has no linear_2: transformers would warn about it before we drop it.
+    tf_logger = _logging.getLogger("transformers.modeling_utils")
+    level = tf_logger.level
+    if projector == "linear":
+        tf_logger.setLevel(_logging.ERROR)
+    try:
+        llava = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=dtype).eval()
+    finally:
+        tf_logger.setLevel(level)
+    saved = getattr(llava.config, PROJECTOR_CONFIG_KEY, None)
+    if saved is not None and saved != projector:
+        raise ValueError(f"{llava_dir}: config.json says {PROJECTOR_CONFIG_KEY}={saved!r} but the SmartEdit config "
+                         f"asks for projector={projector!r}; set projector={saved!r}")
+    use_projector(llava, projector)
+    lora_dir = Path(llava_dir) / LORA_SUBDIR
+    if (lora_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        llava = PeftModel.from_pretrained(llava, str(lora_dir)).merge_and_unload()
+        logger.info("merged the LoRA adapter stored in %s", lora_dir)
+    return llava

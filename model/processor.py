@@ -33,6 +33,17 @@ def pil_to_signed_unit_range(image: Image.Image, size: int | tuple[int, int]):
     return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
 
 
+def clip_input_size(image_processor) -> tuple[int, int]:
+    """(H, W) the vision tower reads: the processor's crop size (224×224 for CLIP-L/14-224)."""
+    crop = getattr(image_processor, "crop_size", None) or {}
+    if getattr(image_processor, "do_center_crop", True) and "height" in crop:
+        return int(crop["height"]), int(crop["width"])
+    size = image_processor.size
+    if "height" in size:
+        return int(size["height"]), int(size["width"])
+    return int(size["shortest_edge"]), int(size["shortest_edge"])
+
+
 class SmartEditProcessor:
     """Tokenises prompts with the [IMG] tokens and prepares the three image views (edit src/tgt, CLIP input)."""
 
@@ -71,8 +82,21 @@ class SmartEditProcessor:
         return ids + self._ids(post.format(instruction=instruction))
 
     def clip_pixels(self, image: Image.Image):
-        """CLIP-normalised vision-tower input (3, S, S)."""
-        return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        """CLIP-normalised vision-tower input (3, S, S).
+
+        Geometry: the whole image is resized (squashed) to S×S, the same transform the UNet's view gets
+        (``pil_to_signed_unit_range`` to R×R), so every CLIP patch — hence every BIM feature in v′ — lies over the latent
+        cells it is added to. The CLIP processor's own shortest-edge resize + centre crop would drop the sides of a
+        non-square image (on a 4:1 image, the outer 37.5 % on each side) while the UNet still edits them. The
+        official inference (``test/DS_SmartEdit_test.py``) squashes both views the same way (224 and 256 px)."""
+        from PIL import Image as PILImage
+
+        height, width = clip_input_size(self.image_processor)
+        image = image.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), PILImage.BICUBIC)
+        return self.image_processor(images=image, do_resize=False, do_center_crop=False,
+                                    return_tensors="pt")["pixel_values"][0]
 
     def encode(
         self,

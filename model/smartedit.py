@@ -30,6 +30,7 @@ from model.llava import (
     encode_image,
     forward_with_img_tokens,
     num_image_placeholders,
+    use_projector,
     wrap_with_lora,
 )
 from model.processor import SmartEditProcessor
@@ -335,6 +336,7 @@ def assemble_smartedit(config: SmartEditConfig, parts: dict[str, Any], for_infer
     if missing:
         raise ValueError(f"assemble_smartedit: parts {missing} are missing; load_components(config) returns them all")
     llava, tokenizer, image_processor = parts["llava"], parts["tokenizer"], parts["image_processor"]
+    llava = use_projector(llava, config.projector)
     img_ids = add_img_tokens(tokenizer, config)
     unet = widen_conv_in(parts["unet"]) if diffusion else None
     text_encoder, text_tokenizer = parts.get("text_encoder"), parts.get("text_tokenizer")
@@ -400,11 +402,13 @@ def _load_pretrained(config: SmartEditConfig, diffusion: bool = True) -> dict[st
     """Load every pretrained part from its local directory (real presets or saved tiny/pipeline dirs);
     ``diffusion=False`` (stage-1 alignment) skips the UNet and the VAE."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlavaForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel
+
+    from model.llava import load_llava
 
     llm_dtype = _DTYPES[config.llm_dtype]
     parts: dict[str, Any] = {
-        "llava": LlavaForConditionalGeneration.from_pretrained(config.llava_dir, dtype=llm_dtype).eval(),
+        "llava": load_llava(config.llava_dir, llm_dtype, config.projector),
         "tokenizer": AutoTokenizer.from_pretrained(config.tokenizer_dir or config.llava_dir),
         "image_processor": AutoImageProcessor.from_pretrained(config.llava_dir),
     }

@@ -222,6 +222,11 @@ TRAIN_PRESETS: dict[tuple[int, str], dict[str, Any]] = {
     # the official code's weight decay (0), LoRA (the -official model preset) and two-phase BIM schedule
     (2, "7b-official"): _stage2(0.0, preset="7b-official", no_bim_steps=5000),
     (2, "13b-official"): _stage2(0.0, preset="13b-official", no_bim_steps=5000),
+    # the paper's recipe on the paper's base (LLaVA-1.1, one Linear projector; `import-checkpoint llava-original`)
+    (1, "7b-paper"): _stage1(preset="7b-paper"),
+    (1, "13b-paper"): _stage1(preset="13b-paper"),
+    (2, "7b-paper"): _stage2(1e-3, preset="7b-paper"),
+    (2, "13b-paper"): _stage2(1e-3, preset="13b-paper"),
 }
 
 
