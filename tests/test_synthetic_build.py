@@ -63,8 +63,20 @@ def test_manifest_yields_export_sheet_and_card(built):
     cfg, out, result = built
     index = json.loads((out / "shardindex.json").read_text())
     stages = [row["stage"] for row in index["yields"]]
-    assert stages[:4] == ["leakage_guard", "scene_analysis", "scenario_selection", "instructions"]
-    assert "quality_filters" in stages
+    assert stages == ["leakage_guard", "scene_analysis", "scenario_selection", "instructions", "paraphrase", "load",
+                      "masks", "mask_area", "editor", "edit_strength", "background", "clip_direction", "encode"]
+    rows = {row["stage"]: row for row in index["yields"]}
+    for row in index["yields"]:
+        assert row["dropped"] == sum(row["dropped_by_reason"].values())
+        if not row["fan_out"]:  # one in, one out or one drop
+            assert row["in"] == row["out"] + row["dropped"], row
+            assert row["yield"] == round(row["out"] / row["in"], 4)
+    # every planned job enters the shard stages; every scene-level drop is counted where it happened
+    assert rows["paraphrase"]["in"] == rows["instructions"]["out"]
+    assert rows["encode"]["out"] == index["counts"]["kept"]
+    assert rows["scenario_selection"]["fan_out"] and rows["scenario_selection"]["yield"] is None
+    all_dropped = sum(row["dropped"] for row in index["yields"])
+    assert all_dropped == index["counts"]["rejected"]
     assert sum(index["kept_by_scenario"].values()) == index["counts"]["kept"]
     assert index["counts"]["rejected_by_reason"]  # the fixture has ambiguous scenes
 
@@ -79,8 +91,10 @@ def test_manifest_yields_export_sheet_and_card(built):
     sheet = Image.open(result["contact_sheet"])
     assert sheet.height > 160 * min(result["kept"], 16)
     card = Path(result["data_card"]).read_text()
-    for needle in ("## Yield per stage", "| left_right | 1-Left-Right |", "min_edit_strength", "ambiguous_position"):
+    for needle in ("## Yield per stage", "| left_right | 1-Left-Right |", "min_edit_strength", "ambiguous_position",
+                   "| stage | in | out | dropped | yield | top drop reasons |", "fan-out ("):
         assert needle in card
+    assert "212.5 %" not in card and " % |" in card
 
 
 def test_same_seed_gives_identical_shards(built, scenes, tmp_path):
@@ -156,7 +170,7 @@ def test_every_drop_reason_has_a_crafted_case(tmp_path):
 def test_background_change_is_caught(built):
     """Paste-back makes this impossible in the build; the filter must still catch an editor that leaks."""
     cfg, out, _ = built
-    from pipeline.synthetic.filters import filter_edits
+    from pipeline.synthetic.filters import BackgroundFilter
     from pipeline.synthetic.instructions import EditJob
     from pipeline.synthetic.pair import EditPair
 
@@ -169,11 +183,11 @@ def test_background_change_is_caught(built):
     tgt[mask] = 200
     tgt[0, 0] = 1  # one background pixel off by one
     pair = EditPair(job, src, mask, mask=mask, edit_mask=mask, target=tgt)
-    (result,) = filter_edits([pair], cfg, None)
+    (result,) = BackgroundFilter(cfg)([pair])
     assert isinstance(result, Reject) and result.reason == "background_changed"
     pair.target[0, 0] = 0
-    (result,) = filter_edits([pair], cfg, None)
-    assert not isinstance(result, Reject)
+    (result,) = BackgroundFilter(cfg)([pair])
+    assert result is pair
 
 
 def test_cli_build_and_sheet(scenes, tmp_path, capsys):
@@ -196,7 +210,7 @@ def test_leakage_guard_reads_magicbrush_parquet(scenes, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.synthetic.leakage import guard_leakage, load_eval_hashes
+    from pipeline.synthetic.leakage import LeakageGuard, load_eval_hashes
     from pipeline.synthetic.scene import load_index, resolve_inputs
 
     (split,), scenes_json = resolve_inputs(scenes)
@@ -210,7 +224,7 @@ def test_leakage_guard_reads_magicbrush_parquet(scenes, tmp_path):
     pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")
     hashes = load_eval_hashes((str(tmp_path / "test-00000-of-00001.parquet"),))
     assert len(hashes.names) == 1
-    out = list(guard_leakage(records, hashes, max_distance=2))
+    out = list(LeakageGuard(hashes, max_distance=2)(records))
     dropped = [r for r in out if isinstance(r, Reject)]
     assert [(r.location, r.reason) for r in dropped] == [(leaked.location, "eval_overlap")]
     assert len(out) == len(records)

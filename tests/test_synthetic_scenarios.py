@@ -11,7 +11,7 @@ from pipeline.synthetic.colour_naming import load_colour_table
 from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 from pipeline.synthetic.instructions import load_templates
 from pipeline.synthetic.knowledge import load_knowledge
-from pipeline.synthetic.scene import analyse_scenes, load_index, resolve_inputs
+from pipeline.synthetic.scene import SceneAnalysis, load_index, resolve_inputs
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_scene_analysis_matches_ground_truth(samples, truth):
     for split in splits:
         index = load_index(str(split.annotations), str(split.images), split.split, ("mirror",), str(scenes_json))
         indexes = {str(split.annotations): index}
-        for scene in analyse_scenes(index.records(), indexes, load_colour_table(), 0.5):
+        for scene in SceneAnalysis(indexes, load_colour_table(), 0.5)(index.records()):
             gt = {o["ann_id"]: o for o in truth[scene.record.file_name]["objects"]}
             assert len(scene.mirrors) == len(truth[scene.record.file_name]["mirrors"])
             for obj in scene.objects:

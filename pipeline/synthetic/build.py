@@ -1,12 +1,16 @@
 """The synthetic build, end to end, without Prefect (the flow and the CLI call these).
 
-1. `plan_build`: the cheap stages over the input images, in a seeded order, until every scenario's quota
-   is met: leakage guard → scene analysis → scenario selection → operation and instructions. The jobs and
-   the drops go to ``plan.json`` (written once; a rerun with the same parameters reuses it).
-2. `build_shard`: shard i takes plan entries [i·shard_size, (i+1)·shard_size) through paraphrase → masks →
-   mask area → editor → quality filters → samples, written by the shared atomic writer (skipped when its
-   completion marker exists, so a killed build resumes where it stopped and gives the same bytes).
+1. `plan_build`: the cheap stages (`plan_stages`) over the input images, in a seeded order, until every
+   scenario's quota is met: leakage guard → scene analysis → scenario selection → operation and
+   instructions. The jobs and the drops go to ``plan.json`` (written once; a rerun with the same
+   parameters reuses it).
+2. `build_shard`: shard i takes plan entries [i·shard_size, (i+1)·shard_size) through `shard_stages`
+   (paraphrase → load → masks → mask area → editor → quality filters → encode), written by the shared
+   atomic writer (skipped when its completion marker exists, so a killed build resumes where it stopped
+   and gives the same bytes).
 3. `finalize_build`: manifest (with per-stage yields), SmartEdit JSON export, contact sheet, data card.
+
+Both pipelines are lists of `pipeline.synthetic.stages` stages; their names key the yields table.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import functools
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +33,18 @@ from pipeline.provenance import Provenance, spec_hash
 from pipeline.records import Reject, Sample
 from pipeline.synthetic.colour_naming import load_colour_table
 from pipeline.synthetic.config import REASON_EDIT_FOLDERS, SCENARIOS, SyntheticConfig
-from pipeline.synthetic.editors import InpaintEditor, LabEditor, apply_edits
-from pipeline.synthetic.filters import filter_edits, filter_mask_area
-from pipeline.synthetic.instructions import EditJob, load_templates, plan_edits
+from pipeline.synthetic.editors import ApplyEdits, InpaintEditor, LabEditor
+from pipeline.synthetic.filters import quality_filters
+from pipeline.synthetic.instructions import EditJob, PlanEdits, load_templates
 from pipeline.synthetic.knowledge import load_knowledge
-from pipeline.synthetic.leakage import guard_leakage, load_eval_hashes
-from pipeline.synthetic.masks import SamMasker, load_sam, refine_masks
-from pipeline.synthetic.pair import EditPair, load_pairs
-from pipeline.synthetic.paraphrase import LlmParaphraser, add_paraphrases
-from pipeline.synthetic.scenarios import Quota, scenario_rng, select_targets
-from pipeline.synthetic.scene import CocoSplit, analyse_scenes, load_index, resolve_inputs
+from pipeline.synthetic.leakage import EvalHashes, LeakageGuard, load_eval_hashes
+from pipeline.synthetic.mask_area import MaskAreaFilter
+from pipeline.synthetic.masks import RefineMasks, SamMasker, load_sam
+from pipeline.synthetic.pair import EditPair, LoadPairs
+from pipeline.synthetic.paraphrase import AddParaphrases, LlmParaphraser
+from pipeline.synthetic.scenarios import Quota, ScenarioSelection, scenario_rng
+from pipeline.synthetic.scene import CocoIndex, CocoSplit, SceneAnalysis, load_index, resolve_inputs
+from pipeline.synthetic.stages import MapStage, Stage, StageStats, run_stages, stage_names
 from pipeline.synthetic.shard_scenes import is_shard_input, materialise_shard_scenes
 from pipeline.writer import atomic_write_text, write_shard
 
@@ -47,8 +53,6 @@ log = logging.getLogger(__name__)
 PLAN_NAME = "plan.json"
 SHARD_SCENES_DIR = "input_scenes"  # shard input written out as COCO files (see shard_scenes.py)
 DATASET_NAME = "synthetic"
-PLAN_STAGES = ("leakage_guard", "scene_analysis", "scenario_selection", "instructions")
-SHARD_STAGES = ("paraphrase", "load", "masks", "mask_area", "editor", "quality_filters")
 
 
 class BuildInputs(BaseModel):
@@ -69,27 +73,6 @@ class BuildInputs(BaseModel):
     images: str | None = None
     splits: list[str] = Field(default_factory=list)
     scenes: str | None = None
-
-
-class StageCounter:
-    """Items in and out of each stage (Rejects passing through are not counted): the per-stage yields."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, dict[str, int]] = {}
-
-    def wrap(self, name: str, stage: Callable[..., Iterator], items: Iterable, *args, **kwargs) -> Iterator:
-        counts = self.counts.setdefault(name, {"in": 0, "out": 0})
-
-        def counted(source: Iterable) -> Iterator:
-            for item in source:
-                if not isinstance(item, Reject):
-                    counts["in"] += 1
-                yield item
-
-        for item in stage(counted(items), *args, **kwargs):
-            if not isinstance(item, Reject):
-                counts["out"] += 1
-            yield item
 
 
 def build_spec(cfg: SyntheticConfig, inputs: BuildInputs) -> dict[str, Any]:
@@ -121,6 +104,17 @@ def scene_sources(inputs: BuildInputs, output: Path) -> tuple[list[CocoSplit], P
     return splits, explicit, counts
 
 
+def plan_stages(cfg: SyntheticConfig, indexes: dict[str, CocoIndex], hashes: EvalHashes, quota: Quota) -> list[Stage]:
+    """The planning pipeline: cheap stages over image records, in order."""
+    knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
+    return [
+        LeakageGuard(hashes, cfg.phash_max_distance),
+        SceneAnalysis(indexes, colours, cfg.colour_min_share),
+        ScenarioSelection(cfg, knowledge, quota),
+        PlanEdits(cfg, knowledge, colours, templates),
+    ]
+
+
 def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) -> dict[str, Any]:
     """Write (or reuse) ``output/plan.json``: the ordered jobs and planning drops; returns it."""
     output = Path(output)
@@ -140,27 +134,23 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
     records = [r for index in indexes.values() for r in index.records()]
     order = scenario_rng(cfg.seed, "image-order").permutation(len(records))
     ordered = [records[i] for i in order]
-    hashes = load_eval_hashes(tuple(cfg.eval_sets))
-    knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
     quota = Quota({s: int(cfg.scenarios.get(s, 0)) for s in SCENARIOS})
 
-    counter = StageCounter()
-    items: Iterator = counter.wrap("leakage_guard", guard_leakage, ordered, hashes, cfg.phash_max_distance)
-    items = counter.wrap("scene_analysis", analyse_scenes, items, indexes, colours, cfg.colour_min_share)
-    items = counter.wrap("scenario_selection", select_targets, items, cfg, knowledge, quota)
-    items = counter.wrap("instructions", plan_edits, items, cfg, knowledge, colours, templates)
+    yields: dict[str, StageStats] = {}
+    stages = plan_stages(cfg, indexes, load_eval_hashes(tuple(cfg.eval_sets)), quota)
+    items = run_stages(stages, ordered, yields)
     entries = [{"reject": it.to_json()} if isinstance(it, Reject) else {"job": it.to_json()} for it in items]
     plan = {
         "spec_hash": digest, "spec": spec, "scenes_json": str(scenes) if scenes else None,
         "sources": [str(s.annotations) for s in splits], "images_available": len(records),
-        "entries": entries, "yields": counter.counts, "planned_by_scenario": quota.taken,
+        "entries": entries, "yields": yields, "stages": stage_names(stages), "planned_by_scenario": quota.taken,
     }
     if shard_counts is not None:
         plan["shard_input"] = shard_counts
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=1, ensure_ascii=False))
     log.info("planned %d jobs (%s) from %d images", sum(quota.taken.values()), quota.taken,
-             counter.counts.get("leakage_guard", {}).get("in", 0))
+             yields["leakage_guard"]["in"])
     return plan
 
 
@@ -212,14 +202,16 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def to_samples(pairs: Iterable[EditPair | Reject], cfg: SyntheticConfig, kept: dict[str, dict[str, int]],
-               llm_id: str | None = None) -> Iterator[Sample | Reject]:
+class ToSamples(MapStage):
     """EditPair → edit_pair Sample (src.png, tgt.png, mask.png = the edit mask, json); counts kept pairs."""
-    for pair in pairs:
-        if isinstance(pair, Reject):
-            yield pair
-            continue
-        job = pair.job
+
+    name = "encode"
+
+    def __init__(self, cfg: SyntheticConfig, kept: dict[str, dict[str, int]], llm_id: str | None = None):
+        self.cfg, self.kept, self.llm_id = cfg, kept, llm_id
+
+    def map(self, pair: EditPair) -> Sample:
+        job, kept = pair.job, self.kept
         meta = {
             "kind": "edit_pair", "source": "synthetic", "split": job.split,
             "source_id": f"{job.split}/{job.file_name}#{job.target['ann_id']}",
@@ -228,29 +220,30 @@ def to_samples(pairs: Iterable[EditPair | Reject], cfg: SyntheticConfig, kept: d
             "operation": job.operation, "referent": job.referent, "selector": job.selector, "target": job.target,
             "new_object": job.new_object, "new_colour": job.new_colour, "target_description": job.target_description,
             "prompt": job.prompt, "llm_paraphrases": list(job.paraphrased_by_llm),
-            "seeds": {"build": cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
+            "seeds": {"build": self.cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
             "models": {"editor": pair.models.get("editor"), "sam": pair.models.get("sam"),
                        "inpaint": pair.models.get("inpaint"), "clip": pair.models.get("clip"),
-                       "llm": llm_id},
+                       "llm": self.llm_id},
             "scores": pair.scores, "image_size": [job.width, job.height],
         }
         kept["scenario"][job.scenario] = kept["scenario"].get(job.scenario, 0) + 1
         kept["operation"][job.operation] = kept["operation"].get(job.operation, 0) + 1
-        yield Sample(job.key, meta, {"src.png": _png(pair.source), "tgt.png": _png(pair.target),
-                                     "mask.png": _png(pair.edit_mask.astype(np.uint8) * 255)})
+        return Sample(job.key, meta, {"src.png": _png(pair.source), "tgt.png": _png(pair.target),
+                                      "mask.png": _png(pair.edit_mask.astype(np.uint8) * 255)})
 
 
-def shard_items(entries: list[dict[str, Any]], cfg: SyntheticConfig, models: Models, scenes_json: str | None,
-                counter: StageCounter, kept: dict[str, dict[str, int]]) -> Iterator[Sample | Reject]:
-    """The per-shard stages over planned entries (jobs and planning drops, in plan order)."""
-    jobs = (Reject(**e["reject"]) if "reject" in e else EditJob.from_json(e["job"]) for e in entries)
-    items: Iterator = counter.wrap("paraphrase", add_paraphrases, jobs, models.paraphraser, load_templates())
-    items = counter.wrap("load", load_pairs, items, tuple(cfg.mirror_categories), scenes_json)
-    items = counter.wrap("masks", refine_masks, items, models.masker, cfg.sam_min_iou, cfg.dilate_px)
-    items = counter.wrap("mask_area", filter_mask_area, items, cfg)
-    items = counter.wrap("editor", apply_edits, items, models.editor, cfg.batch_size)
-    items = counter.wrap("quality_filters", filter_edits, items, cfg, models.clip)
-    return to_samples(items, cfg, kept, models.paraphraser.model_id if models.paraphraser else None)
+def shard_stages(cfg: SyntheticConfig, models: Models, scenes_json: str | None,
+                 kept: dict[str, dict[str, int]]) -> list[Stage]:
+    """The per-shard pipeline over planned jobs, in order (its names key the yields table)."""
+    return [
+        AddParaphrases(models.paraphraser, load_templates()),
+        LoadPairs(tuple(cfg.mirror_categories), scenes_json),
+        RefineMasks(models.masker, cfg.sam_min_iou, cfg.dilate_px),
+        MaskAreaFilter(cfg),
+        ApplyEdits(models.editor, cfg.batch_size),
+        *quality_filters(cfg, models.clip),
+        ToSamples(cfg, kept, models.paraphraser.model_id if models.paraphraser else None),
+    ]
 
 
 def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> dict[str, Any]:
@@ -258,14 +251,18 @@ def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> d
     output = Path(output)
     plan = json.loads(plan_path(output).read_text())
     shard = shard_plans(plan, cfg)[shard_index]
-    counter, kept = StageCounter(), {"scenario": {}, "operation": {}}
+    yields: dict[str, StageStats] = {}
+    kept: dict[str, dict[str, int]] = {"scenario": {}, "operation": {}}
     # The writer serialises `extra` after consuming the items, so the counters filled meanwhile are recorded.
-    extra = {"yields": counter.counts, "kept_by_scenario": kept["scenario"], "kept_by_operation": kept["operation"]}
+    extra: dict[str, Any] = {"yields": yields, "kept_by_scenario": kept["scenario"], "kept_by_operation": kept["operation"]}
 
     def items() -> Iterator[Sample | Reject]:
         models = load_models(cfg)  # runs only when the shard is not already complete
         entries = plan["entries"][shard.start:shard.stop]
-        yield from shard_items(entries, cfg, models, plan.get("scenes_json"), counter, kept)
+        jobs = (Reject(**e["reject"]) if "reject" in e else EditJob.from_json(e["job"]) for e in entries)
+        stages = shard_stages(cfg, models, plan.get("scenes_json"), kept)
+        extra["stages"] = stage_names(stages)  # JSON keys are sorted on disk: the order is kept here
+        yield from run_stages(stages, jobs, yields)
 
     stats = write_shard(output / shard.name, items(), extra=extra)
     return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "sha256": stats.sha256}
@@ -283,7 +280,8 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
     plan = json.loads(plan_path(output).read_text())
     shards = shard_plans(plan, cfg)
     stats = [ShardStats.load(stats_path(output / s.name)) for s in shards if stats_path(output / s.name).exists()]
-    yields = merge_yields([plan["yields"]] + [s.extra.get("yields", {}) for s in stats], PLAN_STAGES + SHARD_STAGES)
+    order = plan.get("stages", []) + next((s.extra["stages"] for s in stats if "stages" in s.extra), [])
+    yields = merge_yields([plan["yields"]] + [s.extra.get("yields", {}) for s in stats], order)
     kept_scenario: dict[str, int] = {}
     kept_operation: dict[str, int] = {}
     for s in stats:

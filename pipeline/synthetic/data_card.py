@@ -7,17 +7,43 @@ from typing import Any
 from pipeline.synthetic.config import REASON_EDIT_FOLDERS, SCENARIOS
 
 
-def merge_yields(parts: list[dict[str, dict[str, int]]], order: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Sum stage counters over shards; rows in pipeline order: {stage, in, out, yield}."""
-    total: dict[str, dict[str, int]] = {}
+def merge_yields(parts: list[dict[str, dict[str, Any]]], order: list[str]) -> list[dict[str, Any]]:
+    """Sum stage counters over the plan and the shards; rows in pipeline ``order`` (stage names).
+
+    Row: {stage, in, out, dropped, dropped_by_reason, seconds, fan_out, yield}. ``yield`` = out / in for
+    one-to-one stages; a fan-out stage (one scene → several candidates) has none, as its ratio is not a
+    share of anything.
+    """
+    total: dict[str, dict[str, Any]] = {}
     for part in parts:
         for stage, c in part.items():
-            t = total.setdefault(stage, {"in": 0, "out": 0})
+            t = total.setdefault(stage, {"in": 0, "out": 0, "dropped": {}, "seconds": 0.0, "fan_out": False})
             t["in"] += c["in"]
             t["out"] += c["out"]
-    names = [s for s in order if s in total] + sorted(s for s in total if s not in order)
-    return [{"stage": s, "in": total[s]["in"], "out": total[s]["out"],
-             "yield": round(total[s]["out"] / total[s]["in"], 4) if total[s]["in"] else None} for s in names]
+            t["seconds"] += c.get("seconds", 0.0)
+            t["fan_out"] = t["fan_out"] or bool(c.get("fan_out"))
+            for reason, n in c.get("dropped", {}).items():
+                t["dropped"][reason] = t["dropped"].get(reason, 0) + n
+    rows = []
+    for name in [s for s in order if s in total] + sorted(s for s in total if s not in order):
+        t = total[name]
+        dropped = dict(sorted(t["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
+        rows.append({"stage": name, "in": t["in"], "out": t["out"], "dropped": sum(dropped.values()),
+                     "dropped_by_reason": dropped, "seconds": round(t["seconds"], 4), "fan_out": t["fan_out"],
+                     "yield": round(t["out"] / t["in"], 4) if t["in"] and not t["fan_out"] else None})
+    return rows
+
+
+def _top_reasons(row: dict[str, Any], n: int = 3) -> str:
+    items = list(row["dropped_by_reason"].items())
+    text = ", ".join(f"{k} {v}" for k, v in items[:n])
+    return text + (f", … ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _yield_cell(row: dict[str, Any]) -> str:
+    if row["fan_out"]:
+        return f"fan-out ({row['out'] / row['in']:.2f} per in)" if row["in"] else "fan-out"
+    return _percent(row["yield"])
 
 
 def _percent(value: float | None) -> str:
@@ -55,8 +81,9 @@ def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str
         *[f"| {s} | {REASON_EDIT_FOLDERS[s]} | {cfg['scenarios'].get(s, 0)} | {plan.get('planned_by_scenario', {}).get(s, 0)} "
           f"| {kept_by_scenario.get(s, 0)} |" for s in SCENARIOS],
         "", "Kept per operation: " + (", ".join(f"{k} {v}" for k, v in sorted(kept_by_operation.items())) or "none"), "",
-        "## Yield per stage", "", "| stage | in | out | yield |", "|---|---|---|---|",
-        *[f"| {r['stage']} | {r['in']} | {r['out']} | {_percent(r['yield'])} |" for r in yields],
+        "## Yield per stage", "", "| stage | in | out | dropped | yield | top drop reasons |", "|---|---|---|---|---|---|",
+        *[f"| {r['stage']} | {r['in']} | {r['out']} | {r['dropped']} | {_yield_cell(r)} | {_top_reasons(r)} |"
+          for r in yields],
         "", f"Records in {counts['in']}, kept {counts['kept']}, dropped {counts['rejected']}.", "",
         "## Drops by reason", "", "| reason | count |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in counts["rejected_by_reason"].items()],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from pipeline.records import Reject
 from pipeline.synthetic.colour_naming import ColourTable, lab_to_rgb, rgb_to_lab
 from pipeline.synthetic.pair import EditPair
+from pipeline.synthetic.stages import BatchMapStage
 
 log = logging.getLogger(__name__)
 
@@ -145,28 +145,23 @@ class InpaintEditor:
         return results  # type: ignore[return-value]
 
 
-def apply_edits(pairs: Iterable[EditPair | Reject], editor, batch_size: int) -> Iterator[EditPair | Reject]:
+class ApplyEdits(BatchMapStage):
     """EditPair → EditPair with ``target`` set (edited pixels inside the edit mask only), in batches."""
 
-    def flush(batch: list[EditPair]) -> Iterator[EditPair | Reject]:
-        for pair, result in zip(batch, editor.edit(batch)):
+    name = "editor"
+
+    def __init__(self, editor, batch_size: int):
+        self.editor, self.batch_size = editor, batch_size
+
+    def map_batch(self, pairs: list[EditPair]) -> list[EditPair | Reject]:
+        out: list[EditPair | Reject] = []
+        for pair, result in zip(pairs, self.editor.edit(pairs)):
             if isinstance(result, Reject):
-                yield result
+                out.append(result)
                 continue
             pair.target = paste_back(pair.source, result, pair.edit_mask)
-            pair.models["editor"] = editor.name
-            if getattr(editor, "model_id", None):
-                pair.models["inpaint"] = editor.model_id
-            yield pair
-
-    batch: list[EditPair] = []
-    for pair in pairs:
-        if isinstance(pair, Reject):
-            yield pair
-            continue
-        batch.append(pair)
-        if len(batch) == batch_size:
-            yield from flush(batch)
-            batch = []
-    if batch:
-        yield from flush(batch)
+            pair.models["editor"] = self.editor.name
+            if getattr(self.editor, "model_id", None):
+                pair.models["inpaint"] = self.editor.model_id
+            out.append(pair)
+        return out

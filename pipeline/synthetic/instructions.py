@@ -8,7 +8,6 @@ template × referent combinations are the pair's paraphrases; the first is its `
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from pipeline.synthetic.colour_naming import ColourTable
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.knowledge import Knowledge
 from pipeline.synthetic.scenarios import EditCandidate, derived_seed, scenario_rng
+from pipeline.synthetic.stages import MapStage
 
 TEMPLATES_PATH = SPECS_DIR / "instruction_templates" / "synthetic.yaml"
 
@@ -117,14 +117,17 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def plan_edits(candidates: Iterable[EditCandidate | Reject], cfg: SyntheticConfig, knowledge: Knowledge,
-               colours: ColourTable, templates: Templates) -> Iterator[EditJob | Reject]:
+class PlanEdits(MapStage):
     """EditCandidate → EditJob: pick the operation and its content, write the paraphrases."""
-    operations = cfg.effective_operations()
-    for cand in candidates:
-        if isinstance(cand, Reject):
-            yield cand
-            continue
+
+    name = "instructions"
+
+    def __init__(self, cfg: SyntheticConfig, knowledge: Knowledge, colours: ColourTable, templates: Templates):
+        self.cfg, self.knowledge, self.colours, self.templates = cfg, knowledge, colours, templates
+
+    def map(self, cand: EditCandidate) -> EditJob | Reject:
+        cfg, knowledge, colours, templates = self.cfg, self.knowledge, self.colours, self.templates
+        operations = cfg.effective_operations()
         rec, obj = cand.scene.record, cand.target
         rng = scenario_rng(cfg.seed, rec.location, cand.scenario, "edit")
         op = str(rng.choice(operations))
@@ -160,7 +163,7 @@ def plan_edits(candidates: Iterable[EditCandidate | Reject], cfg: SyntheticConfi
             if len(instructions) == cfg.n_instructions:
                 break
         key = make_key("synthetic", rec.split, rec.image_id, obj.ann_id, cand.scenario)
-        yield EditJob(
+        return EditJob(
             key=key, split=rec.split, image_id=rec.image_id, file_name=rec.file_name, image_path=str(rec.path),
             annotations=str(rec.annotations), width=rec.width, height=rec.height, scenario=cand.scenario,
             selector=cand.selector,

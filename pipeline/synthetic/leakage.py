@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.records import Reject
 from pipeline.synthetic.scene import ImageRecord
+from pipeline.synthetic.stages import FilterStage
 
 log = logging.getLogger(__name__)
 _PARQUET_IMAGE_COLUMNS = ("source_img", "input_img")
@@ -101,26 +102,27 @@ def load_eval_hashes(paths: tuple[str, ...]) -> EvalHashes:
     return EvalHashes(np.array(bits, dtype=bool).reshape(-1, 64), tuple(names))
 
 
-def guard_leakage(records: Iterable[ImageRecord | Reject], hashes: EvalHashes,
-                  max_distance: int) -> Iterator[ImageRecord | Reject]:
+class LeakageGuard(FilterStage):
     """Pass records whose image is farther than ``max_distance`` bits from every evaluation image."""
-    from PIL import Image
 
-    for record in records:
-        if isinstance(record, Reject) or not hashes.names:
-            yield record
-            continue
+    name = "leakage_guard"
+
+    def __init__(self, hashes: EvalHashes, max_distance: int):
+        self.hashes, self.max_distance = hashes, max_distance
+
+    def check(self, record: ImageRecord) -> Reject | None:
+        from PIL import Image
+
+        if not self.hashes.names:
+            return None
         if not record.path.exists():
-            yield Reject(record.location, "image_missing", f"{record.path} not found")
-            continue
+            return Reject(record.location, "image_missing", f"{record.path} not found")
         try:
             with Image.open(record.path) as im:
                 bits = image_phash(im)
         except OSError as err:
-            yield Reject(record.location, "image_unreadable", f"{record.path}: {err}")
-            continue
-        dist, name = hashes.nearest(bits)
-        if dist <= max_distance:
-            yield Reject(record.location, "eval_overlap", f"pHash within {dist} bits of evaluation image {name}")
-            continue
-        yield record
+            return Reject(record.location, "image_unreadable", f"{record.path}: {err}")
+        dist, name = self.hashes.nearest(bits)
+        if dist <= self.max_distance:
+            return Reject(record.location, "eval_overlap", f"pHash within {dist} bits of evaluation image {name}")
+        return None

@@ -6,7 +6,6 @@ the annotation mask is used (recorded as ``mask_source``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from pipeline.records import Reject
 from pipeline.synthetic.config import SamArch
 from pipeline.synthetic.pair import EditPair
+from pipeline.synthetic.stages import MapStage
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,24 @@ class SamMasker:
         return masks[best].astype(bool), ious[best]
 
 
-def refine_masks(pairs: Iterable[EditPair | Reject], masker: SamMasker | None, min_iou: float,
-                 dilate_px: int) -> Iterator[EditPair | Reject]:
-    for pair in pairs:
-        if isinstance(pair, Reject):
-            yield pair
-            continue
-        if masker is None:
+class RefineMasks(MapStage):
+    """EditPair → its object mask (SAM's best box mask, or the annotation) and the dilated edit mask."""
+
+    name = "masks"
+
+    def __init__(self, masker: SamMasker | None, min_iou: float, dilate_px: int):
+        self.masker, self.min_iou, self.dilate_px = masker, min_iou, dilate_px
+
+    def map(self, pair: EditPair) -> EditPair | Reject:
+        if self.masker is None:
             pair.mask, pair.mask_source = pair.annotation_mask, "annotation"
         else:
-            mask, iou = masker.segment(pair.job.image_path, pair.source, pair.job.target["bbox"], pair.annotation_mask)
+            mask, iou = self.masker.segment(pair.job.image_path, pair.source, pair.job.target["bbox"], pair.annotation_mask)
             pair.scores["sam_iou"] = round(iou, 4)
-            if iou < min_iou:
-                yield Reject(pair.job.location, "sam_low_iou",
-                             f"best SAM mask overlaps the annotation with IoU {iou:.3f} < {min_iou}")
-                continue
+            if iou < self.min_iou:
+                return Reject(pair.job.location, "sam_low_iou",
+                              f"best SAM mask overlaps the annotation with IoU {iou:.3f} < {self.min_iou}")
             pair.mask, pair.mask_source = mask, "sam"
-            pair.models["sam"] = masker.model_id
-        pair.edit_mask = dilate(pair.mask, dilate_px)
-        yield pair
+            pair.models["sam"] = self.masker.model_id
+        pair.edit_mask = dilate(pair.mask, self.dilate_px)
+        return pair

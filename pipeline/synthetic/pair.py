@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from pipeline.records import Reject
 from pipeline.synthetic.instructions import EditJob
 from pipeline.synthetic.scene import load_index, read_rgb
+from pipeline.synthetic.stages import MapStage
 
 
 @dataclass
@@ -27,22 +27,22 @@ class EditPair:
     models: dict[str, Any] = field(default_factory=dict)
 
 
-def load_pairs(jobs: Iterable[EditJob | Reject], mirror_categories: tuple[str, ...],
-               scenes: str | None) -> Iterator[EditPair | Reject]:
+class LoadPairs(MapStage):
     """EditJob → EditPair with the source pixels and the annotation mask (decoded again, not stored in the plan)."""
-    for job in jobs:
-        if isinstance(job, Reject):
-            yield job
-            continue
+
+    name = "load"
+
+    def __init__(self, mirror_categories: tuple[str, ...], scenes: str | None):
+        self.mirror_categories, self.scenes = mirror_categories, scenes
+
+    def map(self, job: EditJob) -> EditPair | Reject:
         split_dir = str(Path(job.image_path).parent)
-        index = load_index(job.annotations, split_dir, job.split, mirror_categories, scenes)
+        index = load_index(job.annotations, split_dir, job.split, self.mirror_categories, self.scenes)
         ann = index.by_ann_id.get(job.target["ann_id"])
         if ann is None:
-            yield Reject(job.location, "annotation_missing", f"annotation {job.target['ann_id']} not in {job.annotations}")
-            continue
+            return Reject(job.location, "annotation_missing", f"annotation {job.target['ann_id']} not in {job.annotations}")
         try:
             source = read_rgb(Path(job.image_path))
         except OSError as err:
-            yield Reject(job.location, "image_unreadable", f"{job.image_path}: {err}")
-            continue
-        yield EditPair(job, source, index.mask(ann))
+            return Reject(job.location, "image_unreadable", f"{job.image_path}: {err}")
+        return EditPair(job, source, index.mask(ann))

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pipeline.records import Reject
 from pipeline.synthetic.instructions import EditJob, Templates
+from pipeline.synthetic.stages import MapStage
 
 log = logging.getLogger(__name__)
 _PRINTABLE = re.compile(r"^[A-Za-z0-9 ,.'!?()\-]+$")
@@ -60,18 +59,22 @@ class LlmParaphraser:
         return str(out[0]["generated_text"]) if out else ""
 
 
-def add_paraphrases(jobs: Iterable[EditJob | Reject], paraphraser: LlmParaphraser | None,
-                    templates: Templates) -> Iterator[EditJob | Reject]:
+class AddParaphrases(MapStage):
     """Append a valid LLM paraphrase of the first instruction to each job's instructions."""
-    for job in jobs:
-        if isinstance(job, Reject) or paraphraser is None:
-            yield job
-            continue
-        raw = paraphraser.generate(templates.llm_prompt.format(instruction=job.instructions[0]))
-        text = valid_paraphrase(raw, job, templates)
+
+    name = "paraphrase"
+
+    def __init__(self, paraphraser: LlmParaphraser | None, templates: Templates):
+        self.paraphraser, self.templates = paraphraser, templates
+
+    def map(self, job: EditJob) -> EditJob:
+        if self.paraphraser is None:
+            return job
+        raw = self.paraphraser.generate(self.templates.llm_prompt.format(instruction=job.instructions[0]))
+        text = valid_paraphrase(raw, job, self.templates)
         if text is None:
             log.debug("%s: LLM paraphrase rejected: %r", job.key, raw[:80])
         else:
             job.instructions.append(text)
             job.paraphrased_by_llm.append(text)
-        yield job
+        return job

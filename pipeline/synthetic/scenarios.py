@@ -9,7 +9,7 @@ reason; where it does not apply (no two objects of a category, no mirror) nothin
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,7 +18,9 @@ import numpy as np
 from pipeline.records import Reject
 from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 from pipeline.synthetic.knowledge import Knowledge
+from pipeline.synthetic.mask_area import mask_area_reject
 from pipeline.synthetic.scene import Scene, SceneObject
+from pipeline.synthetic.stages import Stage
 
 
 def derived_seed(seed: int, *parts: object) -> int:
@@ -170,13 +172,20 @@ PICKERS: dict[str, Callable[..., Picked]] = {
 }
 
 
-def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowledge: Knowledge,
-                   quota: Quota) -> Iterator[EditCandidate | Reject]:
+class ScenarioSelection(Stage):
     """Scene → at most one candidate per open scenario; stops reading scenes when every quota is met."""
-    for scene in scenes:
-        if isinstance(scene, Reject):
-            yield scene
-            continue
+
+    name = "scenario_selection"
+    fan_out = True
+
+    def __init__(self, cfg: SyntheticConfig, knowledge: Knowledge, quota: Quota):
+        self.cfg, self.knowledge, self.quota = cfg, knowledge, quota
+
+    def exhausted(self) -> bool:
+        return self.quota.full()
+
+    def process(self, scene: Scene) -> Iterator[EditCandidate | Reject]:
+        cfg, knowledge, quota = self.cfg, self.knowledge, self.quota
         crowded = scene.crowded()
         groups = {c: objs for c, objs in scene.by_category().items()
                   if c not in crowded and c in knowledge.categories}
@@ -195,11 +204,10 @@ def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowl
             target, selector = picked
             if target.category not in knowledge.categories:
                 continue  # no noun, descriptions or replacements for it (non-COCO category)
-            frac = target.area / (scene.record.width * scene.record.height)
-            if frac < cfg.mask_min_area or frac > cfg.mask_max_area:
-                reason = "mask_too_small" if frac < cfg.mask_min_area else "mask_too_large"
-                yield Reject(where, reason, f"target mask covers {frac:.4f} of the image, outside "
-                                            f"[{cfg.mask_min_area}, {cfg.mask_max_area}]")
+            too_small_or_large = mask_area_reject(target.area / (scene.record.width * scene.record.height), cfg,
+                                                  where, "target mask")
+            if too_small_or_large is not None:
+                yield too_small_or_large
                 continue
             # "the left animal" only when no other category in view (in or out of the mirror) is an
             # animal; the catch-all noun "object" only when the target's category is all there is.
@@ -211,5 +219,3 @@ def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowl
             quota.take(scenario)
             yield EditCandidate(scene, scenario, target, selector, unique_kind,
                                 sum(o.category == target.category for o in scene.objects))
-        if quota.full():
-            return
