@@ -52,7 +52,11 @@ def test_pairs_written_with_exact_background_and_real_edits(built):
         assert np.array_equal(src[~mask], tgt[~mask]), key  # background bit-exact
         assert not np.array_equal(src[mask], tgt[mask]), key
         assert meta["instruction"] == meta["instructions"][0] and len(meta["instructions"]) >= 2
-        assert meta["mask_source"] == "annotation" and meta["models"]["editor"] == "lab-biharmonic"
+        assert meta["mask_source"] == "annotation" and meta["models"]["editor"] == "lab-opencv-ns"
+        if meta["operation"] == "remove":  # verified: the fill looks like its surroundings
+            assert meta["scores"]["ring_de_p90"] <= cfg.remove_ring_max_de
+        else:
+            assert meta["scores"]["colour_named"] == meta["new_colour"]
         assert meta["seeds"]["build"] == cfg.seed and isinstance(meta["seeds"]["pair"], int)
         assert meta["scores"]["background_max_diff"] == 0
         assert meta["scores"]["edit_strength"] >= cfg.min_edit_strength
@@ -64,7 +68,7 @@ def test_manifest_yields_export_sheet_and_card(built):
     index = json.loads((out / "shardindex.json").read_text())
     stages = [row["stage"] for row in index["yields"]]
     assert stages == ["leakage_guard", "scene_analysis", "scenario_selection", "instructions", "paraphrase", "load",
-                      "masks", "mask_area", "editor", "edit_strength", "background", "clip_direction", "encode"]
+                      "masks", "mask_area", "editor", "verify", "edit_strength", "background", "clip_direction", "encode"]
     rows = {row["stage"]: row for row in index["yields"]}
     for row in index["yields"]:
         assert row["dropped"] == sum(row["dropped_by_reason"].values())
@@ -79,6 +83,16 @@ def test_manifest_yields_export_sheet_and_card(built):
     assert all_dropped == index["counts"]["rejected"]
     assert sum(index["kept_by_scenario"].values()) == index["counts"]["kept"]
     assert index["counts"]["rejected_by_reason"]  # the fixture has ambiguous scenes
+
+    # failed candidates are labelled negatives in their own shards, one per failed candidate
+    negatives = list(read_samples(out / "negatives"))
+    assert len(negatives) == result["negatives"] >= 1
+    for key, meta, files in negatives:
+        assert meta["negative"] is True and meta["reason"] in {"fill_unlike_surroundings", "fill_like_object"}
+        src, tgt, mask = _decode(files["src.png"]), _decode(files["tgt.png"]), _decode(files["mask.png"]) > 127
+        assert np.array_equal(src[~mask], tgt[~mask])
+        if "ring_de_p90" in meta["scores"] and meta["reason"] == "fill_unlike_surroundings":
+            assert meta["scores"]["ring_de_p90"] > cfg.remove_ring_max_de
 
     export = json.loads(Path(result["smartedit_json"]).read_text())
     assert sorted(export) == [f"{i:04d}" for i in range(result["kept"])]

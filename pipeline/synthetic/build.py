@@ -44,6 +44,7 @@ from pipeline.synthetic.pair import EditPair, LoadPairs
 from pipeline.synthetic.paraphrase import AddParaphrases, LlmParaphraser
 from pipeline.synthetic.scenarios import Quota, ScenarioSelection, scenario_rng
 from pipeline.synthetic.scene import CocoIndex, CocoSplit, SceneAnalysis, load_index, resolve_inputs
+from pipeline.synthetic.verify import EditVerifier, VerifyEdits
 from pipeline.synthetic.stages import MapStage, Stage, StageStats, run_stages, stage_names
 from pipeline.synthetic.shard_scenes import is_shard_input, materialise_shard_scenes
 from pipeline.writer import atomic_write_text, write_shard
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 PLAN_NAME = "plan.json"
 SHARD_SCENES_DIR = "input_scenes"  # shard input written out as COCO files (see shard_scenes.py)
 DATASET_NAME = "synthetic"
+NEGATIVES_DIR = "negatives"  # failed candidates, labelled with the verifier's reason (own shards and manifest)
 
 
 class BuildInputs(BaseModel):
@@ -164,6 +166,7 @@ class Models:
     editor: LabEditor | InpaintEditor
     clip: Any
     paraphraser: LlmParaphraser | None
+    detector: Any = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -176,18 +179,25 @@ def _load_models(models_json: str) -> Models:
         sam = load_sam(cfg.sam_type, cfg.sam_checkpoint, cfg.sam_arch, cfg.device)
         arch = "custom" if cfg.sam_arch else cfg.sam_type
         masker = SamMasker(sam, f"sam-{arch}:{Path(cfg.sam_checkpoint).name}")
+    lab = LabEditor(colours, cfg.removal, cfg.remove_dilate_px, cfg.best_of, cfg.feather_px)
     if cfg.inpaint_dir:
-        editor: LabEditor | InpaintEditor = InpaintEditor(cfg.inpaint_dir, colours, cfg.device, cfg.inpaint_resolution,
-                                                          cfg.inpaint_steps, cfg.guidance_scale, cfg.recolour_with)
+        editor: LabEditor | InpaintEditor = InpaintEditor(
+            cfg.inpaint_dir, colours, cfg.device, cfg.inpaint_resolution, cfg.inpaint_steps, cfg.guidance_scale,
+            cfg.recolour_with, cfg.best_of, cfg.feather_px, cfg.batch_size, lab)
     else:
-        editor = LabEditor(colours)
+        editor = lab
     clip = None
     if cfg.clip_dir:
         from pipeline.synthetic.clip_direction import ClipDirection
 
         clip = ClipDirection(cfg.clip_dir, cfg.device)
     paraphraser = LlmParaphraser(cfg.llm_dir, cfg.device, cfg.llm_max_new_tokens) if cfg.llm_dir else None
-    return Models(masker, editor, clip, paraphraser)
+    detector = None
+    if cfg.detector_dir:
+        from pipeline.synthetic.detector import OpenVocabDetector
+
+        detector = OpenVocabDetector(cfg.detector_dir, cfg.device)
+    return Models(masker, editor, clip, paraphraser, detector)
 
 
 def load_models(cfg: SyntheticConfig) -> Models:
@@ -202,6 +212,29 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def pair_meta(pair: EditPair, cfg: SyntheticConfig, llm_id: str | None) -> dict[str, Any]:
+    """The json member of a pair's sample (kept pairs and labelled negatives alike)."""
+    job = pair.job
+    return {
+        "kind": "edit_pair", "source": "synthetic", "split": job.split,
+        "source_id": f"{job.split}/{job.file_name}#{job.target['ann_id']}",
+        "instruction": job.instructions[0], "instructions": list(job.instructions),
+        "scenario": job.scenario, "reason_edit_category": REASON_EDIT_FOLDERS[job.scenario],
+        "operation": job.operation, "referent": job.referent, "selector": job.selector, "target": job.target,
+        "new_object": job.new_object, "new_colour": job.new_colour, "target_description": job.target_description,
+        "prompt": job.prompt, "llm_paraphrases": list(job.paraphrased_by_llm),
+        "seeds": {"build": cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
+        "models": {"editor": pair.models.get("editor"), "sam": pair.models.get("sam"),
+                   "inpaint": pair.models.get("inpaint"), "clip": pair.models.get("clip"),
+                   "llm": llm_id},
+        "scores": pair.scores, "image_size": [job.width, job.height],
+    }
+
+
+def _pair_files(source: np.ndarray, target: np.ndarray, edit_mask: np.ndarray) -> dict[str, bytes]:
+    return {"src.png": _png(source), "tgt.png": _png(target), "mask.png": _png(edit_mask.astype(np.uint8) * 255)}
+
+
 class ToSamples(MapStage):
     """EditPair → edit_pair Sample (src.png, tgt.png, mask.png = the edit mask, json); counts kept pairs."""
 
@@ -212,24 +245,20 @@ class ToSamples(MapStage):
 
     def map(self, pair: EditPair) -> Sample:
         job, kept = pair.job, self.kept
-        meta = {
-            "kind": "edit_pair", "source": "synthetic", "split": job.split,
-            "source_id": f"{job.split}/{job.file_name}#{job.target['ann_id']}",
-            "instruction": job.instructions[0], "instructions": list(job.instructions),
-            "scenario": job.scenario, "reason_edit_category": REASON_EDIT_FOLDERS[job.scenario],
-            "operation": job.operation, "referent": job.referent, "selector": job.selector, "target": job.target,
-            "new_object": job.new_object, "new_colour": job.new_colour, "target_description": job.target_description,
-            "prompt": job.prompt, "llm_paraphrases": list(job.paraphrased_by_llm),
-            "seeds": {"build": self.cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
-            "models": {"editor": pair.models.get("editor"), "sam": pair.models.get("sam"),
-                       "inpaint": pair.models.get("inpaint"), "clip": pair.models.get("clip"),
-                       "llm": self.llm_id},
-            "scores": pair.scores, "image_size": [job.width, job.height],
-        }
         kept["scenario"][job.scenario] = kept["scenario"].get(job.scenario, 0) + 1
         kept["operation"][job.operation] = kept["operation"].get(job.operation, 0) + 1
-        return Sample(job.key, meta, {"src.png": _png(pair.source), "tgt.png": _png(pair.target),
-                                      "mask.png": _png(pair.edit_mask.astype(np.uint8) * 255)})
+        return Sample(job.key, pair_meta(pair, self.cfg, self.llm_id), _pair_files(pair.source, pair.target, pair.edit_mask))
+
+
+def negative_samples(negatives: list, cfg: SyntheticConfig, llm_id: str | None) -> Iterator[Sample]:
+    """Failed candidates as labelled edit pairs (``negative: true`` and the verifier's reason): preference data."""
+    counts: dict[str, int] = {}
+    for pair, cand, reason, detail in negatives:
+        n = counts[pair.job.key] = counts.get(pair.job.key, 0) + 1
+        meta = pair_meta(pair, cfg, llm_id)
+        meta.update(source="synthetic-negative", negative=True, reason=reason, detail=detail,
+                    scores=cand.scores, candidate=cand.method + (f"-seed{cand.seed}" if cand.seed is not None else ""))
+        yield Sample(f"{pair.job.key}-neg{n}", meta, _pair_files(pair.source, cand.target, cand.edit_mask))
 
 
 def shard_stages(cfg: SyntheticConfig, models: Models, scenes_json: str | None,
@@ -238,9 +267,10 @@ def shard_stages(cfg: SyntheticConfig, models: Models, scenes_json: str | None,
     return [
         AddParaphrases(models.paraphraser, load_templates()),
         LoadPairs(tuple(cfg.mirror_categories), scenes_json),
-        RefineMasks(models.masker, cfg.sam_min_iou, cfg.dilate_px),
+        RefineMasks(models.masker, cfg.sam_min_iou, cfg.dilate_px, cfg.remove_dilate_px, cfg.replace_mask == "box"),
         MaskAreaFilter(cfg),
         ApplyEdits(models.editor, cfg.batch_size),
+        VerifyEdits(EditVerifier(cfg, load_colour_table(), models.detector, models.clip) if cfg.verify else None),
         *quality_filters(cfg, models.clip),
         ToSamples(cfg, kept, models.paraphraser.model_id if models.paraphraser else None),
     ]
@@ -263,6 +293,12 @@ def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> d
         stages = shard_stages(cfg, models, plan.get("scenes_json"), kept)
         extra["stages"] = stage_names(stages)  # JSON keys are sorted on disk: the order is kept here
         yield from run_stages(stages, jobs, yields)
+        # Written before this shard's completion marker, so a rerun never finds the shard done and its
+        # negatives missing.
+        verify = next(s for s in stages if isinstance(s, VerifyEdits))
+        llm_id = models.paraphraser.model_id if models.paraphraser else None
+        neg = write_shard(output / NEGATIVES_DIR / shard.name, negative_samples(verify.negatives, cfg, llm_id))
+        extra["negatives"] = neg.nsamples
 
     stats = write_shard(output / shard.name, items(), extra=extra)
     return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "sha256": stats.sha256}
@@ -298,6 +334,13 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
                               "shards": len(shards), "kept": index["counts"]["kept"],
                               "rejected": index["counts"]["rejected"], "kept_by_scenario": kept_scenario,
                               "yields": yields}
+    neg_dir = output / NEGATIVES_DIR
+    neg_shards = [s.name for s in shards if stats_path(neg_dir / s.name).exists()]
+    if neg_shards:
+        negatives = finalize_dataset(neg_dir, name=f"{DATASET_NAME}-negatives", shard_names=neg_shards,
+                                     provenance=Provenance.now("synthetic", plan["spec"]))
+        result["negatives"] = negatives["counts"]["kept"]
+        result["negatives_manifest"] = str(neg_dir / "shardindex.json")
     if index["counts"]["kept"]:
         if export:
             result["smartedit_json"] = str(export_smartedit_json(output, output / "smartedit_json"))

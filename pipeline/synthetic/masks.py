@@ -55,6 +55,18 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return binary_dilation(mask, structure=disk(radius))
 
 
+def edit_region(mask: np.ndarray, others: np.ndarray | None, radius: int, box: bool = False) -> np.ndarray:
+    """The pixels an edit may change: ``mask`` grown by ``radius`` (or its bounding box grown by it), minus
+    other objects' pixels that are not the object's own (a removal must not eat into a neighbour)."""
+    if box:
+        ys, xs = np.nonzero(mask)
+        region = np.zeros_like(mask)
+        region[max(ys.min() - radius, 0): ys.max() + radius + 1, max(xs.min() - radius, 0): xs.max() + radius + 1] = True
+    else:
+        region = dilate(mask, radius)
+    return region if others is None else region & (mask | ~others)
+
+
 class SamMasker:
     """Box-prompted SAM; the image embedding is computed once per image (consecutive pairs share it)."""
 
@@ -78,12 +90,15 @@ class SamMasker:
 
 
 class RefineMasks(MapStage):
-    """EditPair → its object mask (SAM's best box mask, or the annotation) and the dilated edit mask."""
+    """EditPair → its object mask (SAM's best box mask, or the annotation) and the edit mask per operation."""
 
     name = "masks"
 
-    def __init__(self, masker: SamMasker | None, min_iou: float, dilate_px: int):
+    def __init__(self, masker: SamMasker | None, min_iou: float, dilate_px: int, remove_dilate_px: int | None = None,
+                 replace_box: bool = False):
         self.masker, self.min_iou, self.dilate_px = masker, min_iou, dilate_px
+        self.remove_dilate_px = dilate_px if remove_dilate_px is None else remove_dilate_px
+        self.replace_box = replace_box
 
     def map(self, pair: EditPair) -> EditPair | Reject:
         if self.masker is None:
@@ -96,5 +111,9 @@ class RefineMasks(MapStage):
                               f"best SAM mask overlaps the annotation with IoU {iou:.3f} < {self.min_iou}")
             pair.mask, pair.mask_source = mask, "sam"
             pair.models["sam"] = self.masker.model_id
-        pair.edit_mask = dilate(pair.mask, self.dilate_px)
+        op = pair.job.operation
+        # Removal: a wide margin (AnyEdit dilates ≈15 px) so no rim or shadow of the object survives; replace:
+        # the box, so the new object need not fit the old outline.
+        radius = self.remove_dilate_px if op == "remove" else self.dilate_px
+        pair.edit_mask = edit_region(pair.mask, pair.others_mask, radius, box=op == "replace" and self.replace_box)
         return pair

@@ -21,8 +21,11 @@ class EditPair:
     annotation_mask: np.ndarray  # (H, W) bool
     mask: np.ndarray | None = None  # (H, W) bool, the object (SAM or annotation)
     edit_mask: np.ndarray | None = None  # (H, W) bool, mask dilated: pixels the editor may change
+    others_mask: np.ndarray | None = None  # (H, W) bool, every other annotated object (never edited)
     mask_source: str = ""  # "sam" or "annotation"
-    target: np.ndarray | None = None  # (H, W, 3) uint8
+    target: np.ndarray | None = None  # (H, W, 3) uint8, the kept candidate
+    candidates: list[Any] = field(default_factory=list)  # editors.Candidate, best-of-k
+    negatives: list[Any] = field(default_factory=list)  # candidates that failed verification (with reasons)
     scores: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
 
@@ -45,4 +48,8 @@ class LoadPairs(MapStage):
             source = read_rgb(Path(job.image_path))
         except OSError as err:
             return Reject(job.location, "image_unreadable", f"{job.image_path}: {err}")
-        return EditPair(job, source, index.mask(ann))
+        others = np.zeros(source.shape[:2], bool)
+        for other in index.anns.get(job.image_id, ()):
+            if other["id"] != ann["id"] and index.categories.get(other["category_id"]) not in self.mirror_categories:
+                others |= index.mask(other)
+        return EditPair(job, source, index.mask(ann), others_mask=others)
