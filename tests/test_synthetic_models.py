@@ -106,6 +106,25 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def owl_dir(tmp_path_factory) -> Path:
+    """A tiny random OWLv2 (transformers) saved like google/owlv2-base-patch16-ensemble."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(0)
+    text = clip_text_config().to_dict() | {"max_position_embeddings": 16}
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    tokenizer = clip_tokenizer()
+    tokenizer.model_max_length = 16
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    path = tmp_path_factory.mktemp("owlv2")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory) -> Path:
     from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -183,14 +202,70 @@ def test_inpainting_pipeline_from_directory(inpaint_dir, scenes, tmp_path):
 
 
 def test_clip_direction_filter(clip_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, clip_dir=str(clip_dir), clip_direction_min=-1.0)
+    cfg = SyntheticConfig(scenarios=FEW, clip_dir=str(clip_dir), clip_direction_min=-1.0, clip_crop_min=0.0)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "lenient")
     samples = _samples(tmp_path / "lenient")
     assert samples
     for _, meta, _ in samples:
         assert -1.0 <= meta["scores"]["clip_direction"] <= 1.0 and meta["models"]["clip"] == str(clip_dir)
+        if meta["operation"] != "remove":
+            assert 0.0 <= meta["scores"]["clip_crop"] <= 100.0
+    build(cfg.model_copy(update={"clip_crop_min": 100.01}), BuildInputs(input=str(scenes)), tmp_path / "crop")
+    assert "clip_crop_low" in _reasons(tmp_path / "crop")
     build(cfg.model_copy(update={"clip_direction_min": 1.01}), BuildInputs(input=str(scenes)), tmp_path / "strict")
     assert "clip_direction_low" in _reasons(tmp_path / "strict") and not _samples(tmp_path / "strict")
+
+
+def test_clip_crop_and_direction_scores_match_a_direct_computation(clip_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from pipeline.synthetic.clip_direction import ClipDirection, mask_box_crop
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[5:20, 10:30] = True
+    assert mask_box_crop(image, mask).shape == (15, 20, 3)
+    assert mask_box_crop(image, mask, official=True).shape == (14, 19, 3)  # the official script's off-by-one
+    scorer = ClipDirection(clip_dir)
+    model, proc = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    with torch.no_grad():
+        img = model.get_image_features(**proc(images=[image[5:20, 10:30].copy()], return_tensors="pt")).pooler_output
+        tok = proc(text=["a red dog"], return_tensors="pt", padding=True)
+        txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output
+    cos = float(torch.nn.functional.cosine_similarity(img, txt)[0])
+    (crop,) = scorer.crop_scores([image], [mask], ["a red dog"])
+    assert crop == pytest.approx(100 * max(cos, 0.0), abs=1e-3)
+    batched = scorer.direction_scores([image, other], [other, image], ["a", "b"], ["c", "d"])
+    assert batched == pytest.approx([scorer.score(image, other, "a", "c"), scorer.score(other, image, "b", "d")], abs=1e-5)
+
+
+def test_open_vocabulary_detector_scores_a_region(owl_dir):
+    from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+    from pipeline.synthetic.detector import OpenVocabDetector
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    detector = OpenVocabDetector(owl_dir)
+    scores = detector.region_scores(image, (0, 0, 30, 40), ["dog", "a cat"])
+    # independently: the model's own outputs, boxes centred in the left half (OWLv2 pads to 60 x 60)
+    model, proc = Owlv2ForObjectDetection.from_pretrained(owl_dir).eval(), Owlv2Processor.from_pretrained(owl_dir)
+    with torch.no_grad():
+        out = model(**proc(text=[["dog", "a cat"]], images=[image], return_tensors="pt", padding=True))
+    probs, cx, cy = torch.sigmoid(out.logits[0]), out.pred_boxes[0, :, 0] * 60, out.pred_boxes[0, :, 1] * 60
+    inside = (cx <= 30) & (cy <= 40)
+    expect = [float(probs[inside, i].max()) if inside.any() else 0.0 for i in range(2)]
+    assert [scores["dog"], scores["a cat"]] == pytest.approx(expect, abs=1e-5)
+
+
+def test_detector_verifies_removals(owl_dir, scenes, tmp_path):
+    cfg = SyntheticConfig(scenarios=FEW, operations=["remove"], detector_dir=str(owl_dir), detector_threshold=0.0)
+    build(cfg, BuildInputs(input=str(scenes)), tmp_path / "strict")  # every score ≥ 0: the object is "still there"
+    assert "still_detected" in _reasons(tmp_path / "strict") and not _samples(tmp_path / "strict")
+    build(cfg.model_copy(update={"detector_threshold": 1.01}), BuildInputs(input=str(scenes)), tmp_path / "lenient")
+    samples = _samples(tmp_path / "lenient")
+    assert samples and all(0.0 <= m["scores"]["detector_old"] <= 1.0 for _, m, _ in samples)
 
 
 def test_llm_paraphraser_runs_and_keeps_templates(llm_dir, scenes, tmp_path):
