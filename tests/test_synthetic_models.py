@@ -277,22 +277,3 @@ def test_llm_paraphraser_runs_and_keeps_templates(llm_dir, scenes, tmp_path):
         assert meta["models"]["llm"] == str(llm_dir)
         templates = [i for i in meta["instructions"] if i not in meta["llm_paraphrases"]]
         assert len(templates) == 3  # garbage from a random LM never replaces the templates
-
-
-def test_paraphrase_validation():
-    from pipeline.synthetic.instructions import EditJob, load_templates
-    from pipeline.synthetic.paraphrase import valid_paraphrase
-
-    t = load_templates()
-    job = EditJob(key="k", split="s", image_id=1, file_name="f", image_path="p", annotations="a", width=8, height=8,
-                  scenario="left_right", selector={}, target={"ann_id": 1}, operation="replace", referent="the left dog",
-                  instructions=["Replace the left dog with a white fox"], target_description="a white fox",
-                  prompt="", source_caption="", target_caption="", seed=0, new_object="fox", new_colour="white")
-    assert valid_paraphrase(" Swap the dog on the left for a white fox.\nmore", job, t) == "Swap the dog on the left for a white fox."
-    assert valid_paraphrase("", job, t) is None
-    assert valid_paraphrase("Swap the dog on the left for a fox", job, t) is None  # lost the colour
-    assert valid_paraphrase("replace the left dog with a white fox", job, t) is None  # a copy
-    assert valid_paraphrase("ĠxĠ@@ white fox ###", job, t) is None  # garbled
-    job.operation, job.new_object, job.new_colour = "remove", None, None
-    assert valid_paraphrase("Take away the dog on the left", job, t) == "Take away the dog on the left"
-    assert valid_paraphrase("Make the dog on the left happy", job, t) is None

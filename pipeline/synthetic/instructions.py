@@ -127,8 +127,13 @@ class PlanEdits(MapStage):
 
     def map(self, cand: EditCandidate) -> EditJob | Reject:
         cfg, knowledge, colours, templates = self.cfg, self.knowledge, self.colours, self.templates
-        operations = cfg.effective_operations()
         rec, obj = cand.scene.record, cand.target
+        # Recolour needs one dominant colour (a person's skin, hair and clothes are not one colour).
+        operations = [op for op in cfg.effective_operations() if op != "recolour" or obj.colour is not None]
+        if not operations:
+            return Reject(f"{rec.location}#{obj.ann_id}:{cand.scenario}", "no_dominant_colour",
+                          f"{obj.category} has no colour covering {cfg.colour_min_share:.0%} of its pixels "
+                          f"(share {obj.colour_share:.2f}); recolour is the only operation allowed")
         rng = scenario_rng(cfg.seed, rec.location, cand.scenario, "edit")
         op = str(rng.choice(operations))
         new_object = new_colour = None

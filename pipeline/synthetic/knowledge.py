@@ -24,6 +24,11 @@ class Knowledge:
     categories: dict[str, tuple[str, ...]]  # category → world-knowledge descriptions
     kind_of: dict[str, str]  # category → kind name
     kinds: dict[str, Kind]
+    confusable: dict[str, frozenset[str]] = None  # category → other categories its descriptions may also fit
+
+    def fits(self, category: str) -> frozenset[str]:
+        """Categories a knowledge description of ``category`` may refer to (itself included)."""
+        return (self.confusable or {}).get(category, frozenset()) | {category}
 
     def descriptions(self, category: str) -> tuple[str, ...]:
         if category not in self.categories:
@@ -59,4 +64,11 @@ def load_knowledge(path: Path = KNOWLEDGE_PATH) -> Knowledge:
             raise ValueError(f"{path}: categories.{name}.kind is {spec.get('kind')!r}; expected one of {sorted(kinds)}")
         categories[name] = descriptions
         kind_of[name] = spec["kind"]
-    return Knowledge(categories, kind_of, kinds)
+    confusable: dict[str, set[str]] = {}
+    for i, group in enumerate(doc.get("confusable") or ()):
+        unknown = [c for c in group if c not in categories]
+        if unknown:
+            raise ValueError(f"{path}: confusable[{i}] names unknown categories {unknown}")
+        for c in group:
+            confusable.setdefault(c, set()).update(g for g in group if g != c)
+    return Knowledge(categories, kind_of, kinds, {c: frozenset(v) for c, v in confusable.items()})

@@ -19,6 +19,7 @@ from pipeline.records import Reject
 from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 from pipeline.synthetic.knowledge import Knowledge
 from pipeline.synthetic.mask_area import mask_area_reject
+from pipeline.synthetic.referents import ambiguous_referent
 from pipeline.synthetic.scene import Scene, SceneObject
 from pipeline.synthetic.stages import Stage
 
@@ -189,6 +190,7 @@ class ScenarioSelection(Stage):
         crowded = scene.crowded()
         groups = {c: objs for c, objs in scene.by_category().items()
                   if c not in crowded and c in knowledge.categories}
+        edited: dict[int, str] = {}  # ann_id → the scenario that already edits it (one pair per object)
         for scenario in SCENARIOS:
             if not quota.open(scenario):
                 continue
@@ -204,6 +206,15 @@ class ScenarioSelection(Stage):
             target, selector = picked
             if target.category not in knowledge.categories:
                 continue  # no noun, descriptions or replacements for it (non-COCO category)
+            if target.ann_id in edited:
+                # the same object edited twice gives near-identical targets: a duplicate, not a new pair
+                yield Reject(where, "duplicate_target", f"{target.category}#{target.ann_id} is already the target "
+                                                        f"of the {edited[target.ann_id]} pair of this image")
+                continue
+            ambiguous = ambiguous_referent(scene, scenario, target, selector, knowledge, cfg, where)
+            if ambiguous is not None:
+                yield ambiguous
+                continue
             too_small_or_large = mask_area_reject(target.area / (scene.record.width * scene.record.height), cfg,
                                                   where, "target mask")
             if too_small_or_large is not None:
@@ -217,5 +228,6 @@ class ScenarioSelection(Stage):
                            or knowledge.noun(o.category) == noun)]
             unique_kind = not rivals
             quota.take(scenario)
+            edited[target.ann_id] = scenario
             yield EditCandidate(scene, scenario, target, selector, unique_kind,
                                 sum(o.category == target.category for o in scene.objects))
