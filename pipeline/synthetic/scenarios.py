@@ -77,14 +77,22 @@ def _gap(scene: Scene, ordered: list[SceneObject], idx: int) -> float:
     return min(gaps) / scene.record.width
 
 
-def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def _duplicate(where: str) -> Reject:
+    return Reject(where, "duplicate_target", "every object this scenario could pick is already the target of another "
+                                             "pair of this image (one pair per object)")
+
+
+def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 2, rng)
     if category is None:
         return None
     ordered = sorted(groups[category], key=lambda o: o.centroid[0])
-    options = ["left", "right"] + (["middle"] if len(ordered) == 3 else [])
+    at = {"left": 0, "right": len(ordered) - 1, "middle": 1}
+    options = [p for p in ["left", "right"] + (["middle"] if len(ordered) == 3 else []) if ordered[at[p]].ann_id not in edited]
+    if not options:
+        return _duplicate(where)
     position = str(rng.choice(options))
-    idx = {"left": 0, "right": len(ordered) - 1, "middle": 1}[position]
+    idx = at[position]
     gap = _gap(scene, ordered, idx)
     if gap < cfg.position_margin:
         return Reject(where, "ambiguous_position", f"the {position} {category} is only {gap:.3f} of the width "
@@ -92,12 +100,15 @@ def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str)
     return ordered[idx], {"position": position}
 
 
-def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 2, rng)
     if category is None:
         return None
     ordered = sorted(groups[category], key=lambda o: -o.area)
-    big = str(rng.choice(["large", "small"])) == "large"
+    options = [s for s, o in (("large", ordered[0]), ("small", ordered[-1])) if o.ann_id not in edited]
+    if not options:
+        return _duplicate(where)
+    big = str(rng.choice(options)) == "large"
     target, runner_up = (ordered[0], ordered[1]) if big else (ordered[-1], ordered[-2])
     ratio = max(target.area, runner_up.area) / max(1, min(target.area, runner_up.area))
     if ratio < cfg.size_ratio:
@@ -107,7 +118,7 @@ def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: s
     return target, {"size": word, "area_ratio": round(ratio, 3)}
 
 
-def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 2, rng)
     if category is None:
         return None
@@ -118,11 +129,14 @@ def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> 
     unique = [o for o in objs if names.count(o.colour) == 1]
     if not unique:
         return Reject(where, "colours_not_distinct", f"the {category}s share their colours: {sorted(names)}")
+    unique = [o for o in unique if o.ann_id not in edited]
+    if not unique:
+        return _duplicate(where)
     target = unique[int(rng.integers(len(unique)))]
     return target, {"colour": target.colour}
 
 
-def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     if not scene.mirrors:
         return None
     reflected: dict[str, list[SceneObject]] = {}
@@ -134,16 +148,22 @@ def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> 
     single = sorted(c for c, objs in reflected.items() if len(objs) == 1)
     if not single:
         return Reject(where, "ambiguous_mirror", f"several reflected objects per category: {sorted(reflected)}")
+    single = [c for c in single if reflected[c][0].ann_id not in edited]
+    if not single:
+        return _duplicate(where)
     return reflected[str(rng.choice(single))][0], {"mirror": True}
 
 
-def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 3, rng)
     if category is None:
         return None
     ordered = sorted(groups[category], key=lambda o: o.centroid[0])
     n = len(ordered)
-    idx = int(rng.integers(n))
+    free = [i for i, o in enumerate(ordered) if o.ann_id not in edited]
+    if not free:
+        return _duplicate(where)
+    idx = free[int(rng.integers(len(free)))]
     gap = _gap(scene, ordered, idx)
     if gap < cfg.position_margin:
         return Reject(where, "ambiguous_position", f"{category} #{idx + 1} of {n} is only {gap:.3f} of the width "
@@ -153,7 +173,7 @@ def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -
 
 
 def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str,
-                   knowledge: Knowledge | None = None) -> Picked:
+                   knowledge: Knowledge | None = None, edited=frozenset()) -> Picked:
     counts: dict[str, int] = {}
     for obj in scene.objects:  # reflections count: "the pet that purrs" must have one answer
         counts[obj.category] = counts.get(obj.category, 0) + 1
@@ -162,6 +182,9 @@ def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str,
                     if n == 1 and c not in crowded and knowledge is not None and c in knowledge.categories)
     if not single:
         return Reject(where, "reasoning_ambiguous", f"no category appears exactly once with knowledge: {counts}")
+    single = [c for c in single if next(o for o in scene.objects if o.category == c).ann_id not in edited]
+    if not single:
+        return _duplicate(where)
     category = str(rng.choice(single))
     target = next(o for o in scene.objects if o.category == category)
     return target, {"knowledge": category}
@@ -197,7 +220,8 @@ class ScenarioSelection(Stage):
             where = f"{scene.record.location}:{scenario}"
             rng = scenario_rng(cfg.seed, scene.record.location, scenario)
             kwargs = {"knowledge": knowledge} if scenario == "reasoning" else {}
-            picked = PICKERS[scenario](scene, groups, rng, cfg, where, **kwargs)
+            # one pair per object: the same object edited twice gives near-identical targets
+            picked = PICKERS[scenario](scene, groups, rng, cfg, where, edited=frozenset(edited), **kwargs)
             if picked is None:
                 continue
             if isinstance(picked, Reject):
@@ -206,11 +230,6 @@ class ScenarioSelection(Stage):
             target, selector = picked
             if target.category not in knowledge.categories:
                 continue  # no noun, descriptions or replacements for it (non-COCO category)
-            if target.ann_id in edited:
-                # the same object edited twice gives near-identical targets: a duplicate, not a new pair
-                yield Reject(where, "duplicate_target", f"{target.category}#{target.ann_id} is already the target "
-                                                        f"of the {edited[target.ann_id]} pair of this image")
-                continue
             ambiguous = ambiguous_referent(scene, scenario, target, selector, knowledge, cfg, where)
             if ambiguous is not None:
                 yield ambiguous
