@@ -308,7 +308,7 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
                    export: bool = True) -> dict[str, Any]:
     """Manifest with yields, SmartEdit JSON export, contact sheet and data card; returns paths and counts."""
     from pipeline.synthetic.contact_sheet import contact_sheet
-    from pipeline.synthetic.data_card import data_card, merge_yields
+    from pipeline.synthetic.data_card import merge_yields, refresh_data_card
     from pipeline.synthetic.export import export_smartedit_json
     from pipeline.writer import ShardStats, stats_path
 
@@ -345,9 +345,8 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
         if export:
             result["smartedit_json"] = str(export_smartedit_json(output, output / "smartedit_json"))
         result["contact_sheet"] = str(contact_sheet(output, output / "contact_sheet.png", n=sheet_pairs))
-    card = output / "DATA_CARD.md"
-    atomic_write_text(card, data_card(index, plan, yields, kept_scenario, kept_operation))
-    result["data_card"] = str(card)
+    refresh_data_card(output)  # includes calibration.json when the pairs were labelled
+    result["data_card"] = str(output / "DATA_CARD.md")
     return result
 
 

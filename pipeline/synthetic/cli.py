@@ -87,3 +87,6 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=int, help="inpainting resolution")
     p.add_argument("--eval-set", action="append", help="Reason-Edit dir or MagicBrush parquet to keep out (repeatable)")
     p.set_defaults(func=_build)
+    from pipeline.synthetic.calibrate import register as register_calibrate
+
+    register_calibrate(subparsers)  # `smartedit synthetic calibrate`

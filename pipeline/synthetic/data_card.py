@@ -51,11 +51,56 @@ def _percent(value: float | None) -> str:
 
 
 THRESHOLDS = ("position_margin", "size_ratio", "colour_min_share", "mask_min_area", "mask_max_area", "dilate_px",
-              "min_edit_strength", "background_tolerance", "clip_direction_min", "sam_min_iou", "phash_max_distance")
+              "remove_dilate_px", "best_of", "remove_ring_max_de", "remove_max_object_like", "recolour_min_l_corr",
+              "clip_crop_min", "detector_threshold", "min_edit_strength", "background_tolerance", "clip_direction_min",
+              "sam_min_iou", "phash_max_distance")
+
+
+def _measured(calibration: dict[str, Any] | None) -> list[str]:
+    if not calibration:
+        return ["## Measured precision", "",
+                "Not measured yet: label pairs on the judging page and run `smartedit synthetic calibrate LABELS "
+                "--dataset DIR` (pipeline/synthetic/calibrate.py).", ""]
+    m = calibration["measured"]
+
+    def row(name: str, p: dict[str, Any]) -> str:
+        value = "" if p["precision"] is None else f"{100 * p['precision']:.1f} %"
+        return f"| {name} | {p['labelled']} | {p['good']} | {value} |"
+
+    lines = ["## Measured precision (from labels)", "",
+             f"{calibration['labels']} labels; kept pairs judged good / labelled.", "",
+             "| group | labelled | good | precision |", "|---|---|---|---|", row("all kept pairs", m["all"]),
+             *[row(f"scenario {k}", v) for k, v in m["scenario"].items()],
+             *[row(f"operation {k}", v) for k, v in m["operation"].items()], ""]
+    if calibration["thresholds"]:
+        lines += [f"Thresholds for {100 * calibration['target_precision']:.0f} % precision:", "",
+                  "| setting | score | value | labelled pairs passing | precision |", "|---|---|---|---|---|",
+                  *[f"| {f} | {t['score']} ({t['operation']}) | {t['threshold']} | {t['passing']} / {t['labelled']} "
+                    f"| {100 * t['precision']:.1f} % |" for f, t in calibration["thresholds"].items()], ""]
+    return lines
+
+
+def refresh_data_card(output) -> str:
+    """Rewrite ``output/DATA_CARD.md`` from the manifest, the plan and ``calibration.json`` (when labelled)."""
+    import json
+    from pathlib import Path
+
+    from pipeline.writer import atomic_write_text
+
+    output = Path(output)
+    index = json.loads((output / "shardindex.json").read_text())
+    plan = json.loads((output / "plan.json").read_text())
+    calibration = output / "calibration.json"
+    text = data_card(index, plan, index.get("yields", []), index.get("kept_by_scenario", {}),
+                     index.get("kept_by_operation", {}),
+                     json.loads(calibration.read_text()) if calibration.exists() else None)
+    atomic_write_text(output / "DATA_CARD.md", text)
+    return text
 
 
 def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str, Any]],
-              kept_by_scenario: dict[str, int], kept_by_operation: dict[str, int]) -> str:
+              kept_by_scenario: dict[str, int], kept_by_operation: dict[str, int],
+              calibration: dict[str, Any] | None = None) -> str:
     cfg = plan["spec"]["config"]
     inputs = plan["spec"]["inputs"]
     counts = index["counts"]
@@ -73,7 +118,9 @@ def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str
         f"- images available: {plan.get('images_available', '?')}; seed {cfg['seed']}", "",
         "## Models", "",
         f"- masks: {'SAM ' + cfg['sam_type'] + ' `' + cfg['sam_checkpoint'] + '`' if cfg.get('sam_checkpoint') else 'annotation masks'}",
-        f"- editor: {'inpainting `' + cfg['inpaint_dir'] + '`' if cfg.get('inpaint_dir') else 'CPU (CIELAB recolour, biharmonic removal)'}",
+        f"- editor: {'inpainting `' + cfg['inpaint_dir'] + '`' if cfg.get('inpaint_dir') else 'CPU (CIELAB recolour, OpenCV removal; replace needs an inpainting model)'}",
+        f"- verification: {'on' if cfg.get('verify', False) else 'off'}, best of {cfg.get('best_of', 1)}; detector "
+        f"{'`' + cfg['detector_dir'] + '`' if cfg.get('detector_dir') else 'off (CPU rules)'}",
         f"- CLIP direction filter: {'`' + cfg['clip_dir'] + '`' if cfg.get('clip_dir') else 'off'}",
         f"- LLM paraphrases: {'`' + cfg['llm_dir'] + '`' if cfg.get('llm_dir') else 'off (templates only)'}", "",
         "## Counts per scenario", "",
@@ -87,9 +134,11 @@ def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str
         "", f"Records in {counts['in']}, kept {counts['kept']}, dropped {counts['rejected']}.", "",
         "## Drops by reason", "", "| reason | count |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in counts["rejected_by_reason"].items()],
-        "", "Every drop, with its location and detail: `rejects.jsonl`.", "",
+        "", "Every drop, with its location and detail: `rejects.jsonl`. Candidates that failed verification are "
+        "labelled negatives in `negatives/` (own shards and manifest).", "",
+        *_measured(calibration),
         "## Thresholds", "", "| setting | value |", "|---|---|",
-        *[f"| {k} | {cfg[k]} |" for k in THRESHOLDS],
+        *[f"| {k} | {cfg[k]} |" for k in THRESHOLDS if k in cfg],
         "",
     ]
     return "\n".join(lines)
