@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.samples import make_samples
 
         samples = make_samples(tmp / "samples", seed=args.seed).root
-    overrides: dict[str, Any] = {"scenarios": {s: 1000 for s in SCENARIOS}}
+    overrides: dict[str, Any] = {"scenarios": {s: 1000 for s in SCENARIOS},
+                                 "eval_sets": [str(Path(samples) / "reason_edit")]}
     if args.before:
         overrides.update(SyntheticConfig.BEFORE_ISSUE_14)
     cfg = SyntheticConfig(**overrides)

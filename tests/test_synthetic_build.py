@@ -16,7 +16,7 @@ from pipeline.records import Reject
 from pipeline.synthetic.build import BuildInputs, build, plan_build
 from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 from pipeline.synthetic.export import read_samples
-from synthetic_fixtures import make_drop_scenes, make_scenes
+from synthetic_fixtures import make_drop_scenes, make_eval_set, make_scenes
 
 ALL = {s: 10 for s in SCENARIOS}
 
@@ -29,7 +29,7 @@ def scenes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(scenes, tmp_path_factory):
     out = tmp_path_factory.mktemp("built")
-    cfg = SyntheticConfig(scenarios=ALL, shard_size=3)
+    cfg = SyntheticConfig(scenarios=ALL, shard_size=3, leakage_guard=False)
     return cfg, out, build(cfg, BuildInputs(input=str(scenes)), out)
 
 
@@ -209,6 +209,7 @@ def test_cli_build_and_sheet(scenes, tmp_path, capsys):
 
     out = tmp_path / "cli"
     assert main(["build-synthetic", "--input", str(scenes), "--out", str(out), "--scenarios", "all=1,reasoning=2",
+                 "--eval-set", str(make_eval_set(tmp_path / "eval")),
                  "--seed", "3"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["kept"] >= 1 and Path(summary["manifest"]).exists()
@@ -233,11 +234,12 @@ def test_leakage_guard_reads_magicbrush_parquet(scenes, tmp_path):
     # MagicBrush test parquet: image structs {bytes, path}; the leaked image re-encoded as JPEG
     buf = io.BytesIO()
     Image.open(leaked.path).save(buf, "JPEG", quality=90)
-    table = pa.table({"img_id": ["1"], "source_img": [{"bytes": buf.getvalue(), "path": "x.jpg"}],
+    table = pa.table({"img_id": ["999001"], "source_img": [{"bytes": buf.getvalue(), "path": "x.jpg"}],
                       "instruction": ["make it red"]})
     pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")
     hashes = load_eval_hashes((str(tmp_path / "test-00000-of-00001.parquet"),))
-    assert len(hashes.names) == 1
+    assert {n.split(" [")[0] for n in hashes.names} == {"test-00000-of-00001.parquet:0:source_img"}
+    assert hashes.image_ids == {999001}
     out = list(LeakageGuard(hashes, max_distance=2)(records))
     dropped = [r for r in out if isinstance(r, Reject)]
     assert [(r.location, r.reason) for r in dropped] == [(leaked.location, "eval_overlap")]

@@ -41,7 +41,8 @@ def test_calibrate_cli_writes_thresholds_and_measured_precision(tmp_path, capsys
     from pipeline.cli import main
 
     out = tmp_path / "built"
-    build(SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, remove_ring_max_de=50.0),
+    build(SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, remove_ring_max_de=50.0,
+                          leakage_guard=False),
           BuildInputs(input=str(make_scenes(tmp_path / "scenes"))), out)
     kept = list(read_samples(out))
     removals = sorted(m["scores"]["ring_de_p90"] for k, m, _ in kept if m["operation"] == "remove")

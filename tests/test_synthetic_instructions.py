@@ -110,12 +110,13 @@ def test_one_pair_per_object_and_recolour_needs_a_dominant_colour(tmp_path):
     from pipeline.synthetic.build import BuildInputs, plan_build
 
     root = make_scenes(tmp_path / "scenes")
-    plan = plan_build(SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}), BuildInputs(input=str(root)), tmp_path / "a")
+    plan = plan_build(SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, leakage_guard=False), BuildInputs(input=str(root)), tmp_path / "a")
     jobs = [e["job"] for e in plan["entries"] if "job" in e]
     targets = [(j["file_name"], j["target"]["ann_id"]) for j in jobs]
     assert len(targets) == len(set(targets))
     assert any(e["reject"]["reason"] == "duplicate_target" for e in plan["entries"] if "reject" in e)
-    cfg = SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, operations=["recolour"], colour_min_share=1.01)
+    cfg = SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, operations=["recolour"], colour_min_share=1.01,
+                          leakage_guard=False)
     plan = plan_build(cfg, BuildInputs(input=str(root)), tmp_path / "b")
     reasons = {e["reject"]["reason"] for e in plan["entries"] if "reject" in e}
     assert "no_dominant_colour" in reasons

@@ -164,7 +164,7 @@ def test_tiny_sam_loads_by_path_and_segments(sam_checkpoint, scenes, tmp_path):
     with pytest.raises(FileNotFoundError, match="sam_checkpoint"):
         load_sam("vit_h", tmp_path / "missing.pth")
 
-    cfg = SyntheticConfig(scenarios=FEW, sam_checkpoint=str(sam_checkpoint), sam_arch=TINY_SAM, sam_min_iou=0.0,
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, sam_checkpoint=str(sam_checkpoint), sam_arch=TINY_SAM, sam_min_iou=0.0,
                           mask_min_area=0.0, min_edit_strength=0.0)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "sam")
     samples = _samples(tmp_path / "sam")
@@ -181,7 +181,7 @@ def test_tiny_sam_loads_by_path_and_segments(sam_checkpoint, scenes, tmp_path):
 
 
 def test_inpainting_pipeline_from_directory(inpaint_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, operations=["replace", "remove"], inpaint_dir=str(inpaint_dir),
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, operations=["replace", "remove"], inpaint_dir=str(inpaint_dir),
                           inpaint_resolution=32, inpaint_steps=2, batch_size=2, min_edit_strength=0.0)
     result = build(cfg, BuildInputs(input=str(scenes)), tmp_path / "a")
     samples = _samples(tmp_path / "a")
@@ -202,7 +202,7 @@ def test_inpainting_pipeline_from_directory(inpaint_dir, scenes, tmp_path):
 
 
 def test_clip_direction_filter(clip_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, clip_dir=str(clip_dir), clip_direction_min=-1.0, clip_crop_min=0.0)
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, clip_dir=str(clip_dir), clip_direction_min=-1.0, clip_crop_min=0.0)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "lenient")
     samples = _samples(tmp_path / "lenient")
     assert samples
@@ -260,7 +260,7 @@ def test_open_vocabulary_detector_scores_a_region(owl_dir):
 
 
 def test_detector_verifies_removals(owl_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, operations=["remove"], detector_dir=str(owl_dir), detector_threshold=0.0)
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, operations=["remove"], detector_dir=str(owl_dir), detector_threshold=0.0)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "strict")  # every score ≥ 0: the object is "still there"
     assert "still_detected" in _reasons(tmp_path / "strict") and not _samples(tmp_path / "strict")
     build(cfg.model_copy(update={"detector_threshold": 1.01}), BuildInputs(input=str(scenes)), tmp_path / "lenient")
@@ -269,7 +269,7 @@ def test_detector_verifies_removals(owl_dir, scenes, tmp_path):
 
 
 def test_llm_paraphraser_runs_and_keeps_templates(llm_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, llm_dir=str(llm_dir), llm_max_new_tokens=12, n_instructions=3)
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, llm_dir=str(llm_dir), llm_max_new_tokens=12, n_instructions=3)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "llm")
     samples = _samples(tmp_path / "llm")
     assert samples

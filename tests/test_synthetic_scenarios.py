@@ -29,7 +29,7 @@ def truth(samples):
 
 @pytest.fixture(scope="module")
 def plan(samples, tmp_path_factory):
-    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS})
+    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, eval_sets=[str(samples.reason_edit)])
     return plan_build(cfg, BuildInputs(input=str(samples.root)), tmp_path_factory.mktemp("plan"))
 
 

@@ -129,6 +129,9 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
             raise ValueError(f"{path}: planned with other parameters (spec_hash {plan.get('spec_hash', '?')[:12]} "
                              f"≠ {digest[:12]}); use a new output directory or delete it to rebuild")
         return plan
+    if cfg.leakage_guard and not cfg.eval_sets:
+        raise ValueError("eval_sets: empty while leakage_guard is on; name the evaluation sets to keep out (Reason-Edit "
+                         "directory, MagicBrush test directory or parquet: --eval-set DIR) or set leakage_guard=False")
     splits, scenes, shard_counts = scene_sources(inputs, output)
     mirror = tuple(cfg.mirror_categories)
     indexes = {str(s.annotations): load_index(str(s.annotations), str(s.images), s.split, mirror,

@@ -130,9 +130,14 @@ class SyntheticConfig(BaseModel):
     batch_size: int = 4
     """Pairs per inpainting call."""
     eval_sets: list[str] = Field(default_factory=list)
-    """Evaluation sets to keep out: Reason-Edit directories and MagicBrush test parquet files."""
-    phash_max_distance: int = 2
-    """A source image within this Hamming distance (64-bit pHash) of an evaluation image is dropped."""
+    """Evaluation sets to keep out: Reason-Edit directories, MagicBrush test (its released directory with
+    edit_sessions.json, or parquet). Required while leakage_guard is on (retraining passes its benchmark)."""
+    leakage_guard: bool = True
+    """Drop source images that match an evaluation image (hash variants: flips, crops, padding; COCO image
+    ids). On by default: planning refuses to start without eval_sets unless this is set to False."""
+    phash_max_distance: int = 4
+    """A source image within this Hamming distance (64-bit pHash) of any variant of an evaluation image is
+    dropped (4: crops up to 10 % per side, padding and flips caught; unrelated sample scenes are ≥ 6 apart)."""
 
     @field_validator("scenarios")
     @classmethod

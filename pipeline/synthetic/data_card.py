@@ -113,8 +113,9 @@ def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str
         f"- input: `{inputs['input']}`" + (f" (images `{inputs['images']}`)" if inputs.get("images") else ""),
         *[f"- annotations: `{s}`" for s in plan.get("sources", [])],
         f"- ground-truth scenes: `{plan['scenes_json']}`" if plan.get("scenes_json") else "- ground-truth scenes: none",
-        f"- evaluation sets kept out (pHash ≤ {cfg['phash_max_distance']} bits): "
-        + (", ".join(f"`{e}`" for e in cfg["eval_sets"]) or "none"),
+        (f"- evaluation sets kept out (pHash ≤ {cfg['phash_max_distance']} bits of any flip / crop variant, and "
+         "MagicBrush COCO image ids): " + (", ".join(f"`{e}`" for e in cfg["eval_sets"]) or "none"))
+        if cfg.get("leakage_guard", True) else "- leakage guard: **off** (leakage_guard=False)",
         f"- images available: {plan.get('images_available', '?')}; seed {cfg['seed']}", "",
         "## Models", "",
         f"- masks: {'SAM ' + cfg['sam_type'] + ' `' + cfg['sam_checkpoint'] + '`' if cfg.get('sam_checkpoint') else 'annotation masks'}",
