@@ -131,6 +131,22 @@ def test_reasoning_uses_knowledge_of_a_unique_category(plan, truth):
         assert len(_gt_objects(truth, job, reflections=True)) == 1
         assert job["referent"] in knowledge.descriptions(category)
         assert category not in job["instructions"][0].split()
+        # no other object in the scene may be of a category the description could also mean
+        others = {o["category"] for o in truth[job["file_name"]]["objects"]} - {category}
+        assert not others & knowledge.fits(category), (category, others)
+
+
+def test_reasoning_pairs_also_ask_reason_edit_style_questions(plan):
+    knowledge = load_knowledge()
+    asked = 0
+    for job in _jobs(plan, "reasoning"):
+        questions = [i for i in job["instructions"] if "?" in i]
+        for text in questions:
+            question, _, action = text.partition("? ")
+            assert question + "?" in knowledge.questions[job["target"]["category"]]
+            assert " it" in f" {action}" and job["target"]["category"] not in action
+        asked += bool(questions)
+    assert asked >= 1
 
 
 def test_instructions_are_distinct_paraphrases_with_the_edit_content(plan):

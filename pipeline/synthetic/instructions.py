@@ -33,6 +33,7 @@ class Templates:
     remove_verbs: list[str]
     prompts: dict[str, str]
     llm_prompt: str
+    question_operations: dict[str, list[str]] = None
 
 
 @functools.cache
@@ -45,7 +46,7 @@ def load_templates(path: Path = TEMPLATES_PATH) -> Templates:
         if not doc["operations"].get(op):
             raise ValueError(f"{path}: operations.{op} needs at least one template")
     return Templates(doc["referents"], doc["ordinals"], doc["operations"], doc["remove_verbs"], doc["prompts"],
-                     doc["llm_prompt"])
+                     doc["llm_prompt"], doc.get("question_operations") or {})
 
 
 def with_article(phrase: str) -> str:
@@ -159,10 +160,14 @@ class PlanEdits(MapStage):
             target_caption = templates.prompts["removed_caption"]
         referents = referent_phrases(cand, knowledge, templates)
         combos = [(t, r) for t in templates.operations[op] for r in referents]
+        if cand.scenario == "reasoning":  # Reason-Edit's question form: "What could I read ...? Remove it."
+            combos += [(t, q) for t in templates.question_operations.get(op, ())
+                       for q in (knowledge.questions or {}).get(obj.category, ())]
         order = rng.permutation(len(combos))
         instructions: list[str] = []
         for i in order:
-            text = _capitalise(combos[i][0].format(referent=combos[i][1], **content))
+            template, referent = combos[i]
+            text = _capitalise(template.format(referent=referent, question=referent, **content))
             if text not in instructions:
                 instructions.append(text)
             if len(instructions) == cfg.n_instructions:

@@ -25,6 +25,7 @@ class Knowledge:
     kind_of: dict[str, str]  # category → kind name
     kinds: dict[str, Kind]
     confusable: dict[str, frozenset[str]] = None  # category → other categories its descriptions may also fit
+    questions: dict[str, tuple[str, ...]] = None  # category → Reason-Edit-style questions it answers
 
     def fits(self, category: str) -> frozenset[str]:
         """Categories a knowledge description of ``category`` may refer to (itself included)."""
@@ -71,4 +72,11 @@ def load_knowledge(path: Path = KNOWLEDGE_PATH) -> Knowledge:
             raise ValueError(f"{path}: confusable[{i}] names unknown categories {unknown}")
         for c in group:
             confusable.setdefault(c, set()).update(g for g in group if g != c)
-    return Knowledge(categories, kind_of, kinds, {c: frozenset(v) for c, v in confusable.items()})
+    questions = {}
+    for name, items in (doc.get("questions") or {}).items():
+        if name not in categories:
+            raise ValueError(f"{path}: questions.{name}: unknown category; add it under categories first")
+        if not items or not all(isinstance(q, str) and q.rstrip().endswith("?") for q in items):
+            raise ValueError(f"{path}: questions.{name} must be a list of questions ending with '?'")
+        questions[name] = tuple(items)
+    return Knowledge(categories, kind_of, kinds, {c: frozenset(v) for c, v in confusable.items()}, questions)
