@@ -67,6 +67,23 @@ def test_colour_and_mirror_descriptions():
     assert [o.ann_id for o in described(_scene(a, r), "mirror", {"mirror": True}, {"cup"}, CFG)] == [4]
 
 
+def test_relations_to_another_object_only_when_they_single_the_target_out():
+    from pipeline.synthetic.referents import relation
+
+    near, far, laptop = _obj(1, "dog", 40), _obj(2, "dog", 170), _obj(3, "laptop", 70)
+    assert relation(_scene(near, far, laptop), near) == ("next_to", "laptop")
+    assert relation(_scene(near, far, laptop), far) is None  # the far dog is not "next to the laptop"
+    twin = _obj(4, "dog", 100)  # as near to the laptop as the first dog: no longer unique
+    assert relation(_scene(near, twin, laptop), near) is None
+    assert relation(_scene(near, far, laptop, _obj(5, "laptop", 150)), near) is None  # two laptops: no anchor
+    table = SceneObject(ann_id=6, category="dining table", category_id=67, bbox=(20, 50, 60, 20), area=1200,
+                        centroid=(50.0, 60.0), colour=None, colour_share=0.3, in_mirror=False, crowd=False)
+    cup = SceneObject(ann_id=7, category="cup", category_id=47, bbox=(40, 30, 10, 10), area=80,
+                      centroid=(45.0, 35.0), colour="red", colour_share=0.9, in_mirror=False, crowd=False)
+    other_cup = _obj(8, "cup", 180)
+    assert relation(_scene(table, cup, other_cup), cup) == ("above", "dining table")
+
+
 def test_paraphrase_validator_rejects_the_reviewed_failures():
     t = load_templates()
     # the exact cases the review found accepted

@@ -136,6 +136,41 @@ def test_reasoning_uses_knowledge_of_a_unique_category(plan, truth):
         assert not others & knowledge.fits(category), (category, others)
 
 
+def test_richer_referring_expressions_still_fit_only_the_target(plan, truth):
+    import re
+
+    seen = set()
+    for job in [e["job"] for e in plan["entries"] if "job" in e]:
+        if job["target"]["in_mirror"]:
+            continue
+        objs = [o for o in truth[job["file_name"]]["objects"] if not o["in_mirror"]]
+        same = [o for o in objs if o["category"] == job["target"]["category"]]
+        me = next(o for o in objs if o["ann_id"] == job["target"]["ann_id"])
+        for text in job["instructions"]:
+            low = text.lower()
+            if "leftmost" in low or "rightmost" in low:
+                seen.add("most")
+                xs = sorted(same, key=lambda o: o["centroid"][0])
+                assert len(same) >= 3 and me is (xs[0] if "leftmost" in low else xs[-1])
+            m = re.search(r"(next to|beside|above|below) the ([a-z ]+?)(?: with| to| from| \.|$|\.)", low)
+            if m and job["scenario"] != "reasoning":
+                seen.add("relation")
+                anchor = [o for o in objs if o["category"] == m.group(2)]
+                assert len(anchor) == 1, (text, m.group(2))
+                a = anchor[0]
+                dist = lambda o: ((o["centroid"][0] - a["centroid"][0]) ** 2 + (o["centroid"][1] - a["centroid"][1]) ** 2) ** 0.5
+                if m.group(1) in ("next to", "beside"):
+                    assert all(dist(o) >= 1.5 * dist(me) for o in same if o is not me), text
+                else:
+                    x, y, w, h = a["bbox"]
+                    above = [o for o in same if x <= o["centroid"][0] <= x + w
+                             and (o["bbox"][1] + o["bbox"][3] <= y if m.group(1) == "above" else o["bbox"][1] >= y + h)]
+                    assert above == [me], text
+            if me["colour"] and f"{me['colour']} {me['category']} on the" in low:
+                seen.add("colour+position")
+    assert seen >= {"most", "colour+position"}, seen  # relations: the sample scenes have no anchor (unit test)
+
+
 def test_reasoning_pairs_also_ask_reason_edit_style_questions(plan):
     knowledge = load_knowledge()
     asked = 0

@@ -19,6 +19,7 @@ from pipeline.schema import SPECS_DIR
 from pipeline.synthetic.colour_naming import ColourTable
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.knowledge import Knowledge
+from pipeline.synthetic.referents import relation
 from pipeline.synthetic.scenarios import EditCandidate, derived_seed, scenario_rng
 from pipeline.synthetic.stages import MapStage
 
@@ -93,16 +94,29 @@ class EditJob:
 
 
 def referent_phrases(cand: EditCandidate, knowledge: Knowledge, templates: Templates) -> list[str]:
+    """The scenario's phrases for the target, then richer ones that still fit only it: leftmost/rightmost,
+    combined attributes ("the red dog on the left", "the larger red cup") and relations to another object
+    ("the cup next to the laptop"). The first phrase is the pair's `referent`."""
     category = cand.target.category
     nouns = [category] + ([knowledge.noun(category)] if cand.same_kind_unique and knowledge.noun(category) != category else [])
     sel = cand.selector
     table = templates.referents.get(cand.scenario, {})
     if cand.scenario == "reasoning":
         return list(knowledge.descriptions(category))
+    extra: list[str] = []
+    colour = cand.target.colour
     if cand.scenario == "left_right":
         forms, fill = table[sel["position"]], {}
+        in_view = sum(o.category == category and not o.in_mirror for o in cand.scene.objects)
+        if sel["position"] in ("left", "right") and in_view >= 3:
+            extra += [f.format(noun=category) for f in table.get(sel["position"] + "most", ())]
+        if colour:
+            extra += [f.format(noun=category, colour=colour, position=sel["position"]) for f in table.get("with_colour", ())
+                      if sel["position"] != "middle"]
     elif cand.scenario == "relative_size":
         forms, fill = table[sel["size"]], {}
+        if colour:
+            extra += [f.format(noun=category, colour=colour, size=sel["size"]) for f in table.get("with_colour", ())]
     elif cand.scenario == "colour":
         forms, fill = table["any"], {"colour": sel["colour"]}
     elif cand.scenario == "mirror":
@@ -111,7 +125,11 @@ def referent_phrases(cand: EditCandidate, knowledge: Knowledge, templates: Templ
         forms, fill = table[sel["side"]], {"ordinal": templates.ordinals[sel["ordinal"] - 1]}
     else:
         raise ValueError(f"scenario {cand.scenario!r} has no referent templates in {TEMPLATES_PATH}")
-    return [form.format(noun=noun, **fill) for noun in nouns for form in forms]
+    if cand.scenario != "mirror" and not cand.target.in_mirror:
+        rel = relation(cand.scene, cand.target)
+        if rel is not None:
+            extra += [f.format(noun=category, anchor=rel[1]) for f in templates.referents.get("relations", {}).get(rel[0], ())]
+    return [form.format(noun=noun, **fill) for noun in nouns for form in forms] + extra
 
 
 def _capitalise(text: str) -> str:

@@ -72,3 +72,42 @@ def ambiguous_referent(scene: Scene, scenario: str, target: SceneObject, selecto
     names = sorted(f"{o.category}#{o.ann_id}" for o in matches)
     return Reject(where, "ambiguous_referent", f"the {scenario} description {selector} fits {names or 'nothing'}, "
                                                 f"not exactly {target.category}#{target.ann_id}")
+
+
+NEAR_RATIO = 1.5  # "next to the laptop": the nearest dog to the laptop, the next one this much farther away
+
+
+def relation(scene: Scene, target: SceneObject) -> tuple[str, str] | None:
+    """(relation, anchor category) that singles ``target`` out among its category, or None.
+
+    The anchor is a category seen exactly once (outside mirrors). "above"/"below": the target's centroid
+    lies over the anchor's box horizontally and above its top (below its bottom), and no other object of
+    the target's category does; "next_to": the target is the anchor's nearest object of its category and
+    every other one is NEAR_RATIO times farther.
+    """
+    same = [o for o in scene.objects if o.category == target.category and not o.in_mirror]
+    counts: dict[str, int] = {}
+    for o in scene.objects:
+        if not o.in_mirror:
+            counts[o.category] = counts.get(o.category, 0) + 1
+    anchors = sorted((o for o in scene.objects if not o.in_mirror and o.category != target.category
+                      and counts[o.category] == 1 and not o.crowd), key=lambda o: o.ann_id)
+
+    def over(o: SceneObject, a: SceneObject, side: str) -> bool:
+        x, y, w, h = a.bbox
+        if not x <= o.centroid[0] <= x + w:
+            return False
+        return o.bbox[1] + o.bbox[3] <= y if side == "above" else o.bbox[1] >= y + h
+
+    for anchor in anchors:
+        for side in ("above", "below"):
+            fits = [o for o in same if over(o, anchor, side)]
+            if fits == [target]:
+                return side, anchor.category
+        dist = sorted(((o.centroid[0] - anchor.centroid[0]) ** 2 + (o.centroid[1] - anchor.centroid[1]) ** 2) ** 0.5
+                      for o in same if o is not target)
+        mine = ((target.centroid[0] - anchor.centroid[0]) ** 2 + (target.centroid[1] - anchor.centroid[1]) ** 2) ** 0.5
+        near = max(anchor.bbox[2], anchor.bbox[3], target.bbox[2], target.bbox[3]) * 1.5
+        if mine <= near and all(d >= NEAR_RATIO * mine for d in dist):
+            return "next_to", anchor.category
+    return None
