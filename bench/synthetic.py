@@ -4,9 +4,10 @@
     python bench/synthetic.py gpu [--pairs 16] [--batch 8]          # batched vs per-pair inpainting (CUDA)
 
 cpu: the sample data (pipeline.samples.make_samples: rendered COCO-format scenes, 240–640 px) through
-every stage with the CPU editor (CIELAB recolour, biharmonic removal) and annotation masks. Each stage
-runs over the materialised output of the previous one, so its time is its own; the end-to-end figure is
-a full `build` (plan + shards + manifest + export + contact sheet + data card) into a fresh directory.
+a full `build` (plan + shards + manifest + export + contact sheet + data card) with the CPU editor
+(CIELAB recolour, OpenCV removal, best of 3, verification) and annotation masks, the leakage guard on
+the sample Reason-Edit set. Every stage times its own work (pipeline.synthetic.stages), so items/s per
+stage come from the build's yields table.
 
 gpu: a real-size SD-1.5 inpainting architecture (UNet 320/640/1280/1280 with 9 input channels, SD VAE,
 CLIP ViT-L/14 text encoder) at random weights, fp16, saved and loaded through the builder's own
@@ -36,7 +37,8 @@ def bench_cpu(scenes: Path | None, repeats: int) -> None:
         from pipeline.samples import make_samples
 
         scenes = make_samples(tmp / "samples", seed=0).root
-    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, shard_size=64)
+    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, shard_size=64,
+                          eval_sets=[str(Path(scenes) / "reason_edit")])
     inputs = b.BuildInputs(input=str(scenes))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, torch threads 2")
 

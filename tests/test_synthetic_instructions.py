@@ -138,3 +138,28 @@ def test_one_pair_per_object_and_recolour_needs_a_dominant_colour(tmp_path):
     reasons = {e["reject"]["reason"] for e in plan["entries"] if "reject" in e}
     assert "no_dominant_colour" in reasons
     assert not any(e["job"]["operation"] == "recolour" for e in plan["entries"] if "job" in e)
+
+
+def test_cross_category_replacements_come_from_the_swap_table(tmp_path):
+    from synthetic_fixtures import make_scenes
+
+    from pipeline.synthetic.build import BuildInputs, plan_build
+    from pipeline.synthetic.knowledge import load_swaps
+
+    swaps = load_swaps()
+    knowledge = load_knowledge()
+    assert swaps["person"][0] == "dog" and set(swaps) <= set(knowledge.categories)
+    root = make_scenes(tmp_path / "scenes")
+    plans = {}
+    for share in (1.0, 0.0):
+        cfg = SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, operations=["replace"], cross_category_share=share,
+                              leakage_guard=False)
+        plan = plan_build(cfg, BuildInputs(input=str(root)), tmp_path / f"p{share}")
+        plans[share] = [e["job"] for e in plan["entries"] if "job" in e]
+    for job in plans[1.0]:
+        category = job["target"]["category"]
+        assert job["new_object"] in (swaps.get(category) or knowledge.replacements(category))
+        assert job["new_object"] in job["instructions"][0]
+    assert any(j["new_object"] in swaps.get(j["target"]["category"], ()) and
+               j["new_object"] not in knowledge.replacements(j["target"]["category"]) for j in plans[1.0])
+    assert all(j["new_object"] in knowledge.replacements(j["target"]["category"]) for j in plans[0.0])

@@ -98,6 +98,9 @@ class SyntheticConfig(BaseModel):
     inpaint_resolution: int = 512
     inpaint_steps: int = 50
     guidance_scale: float = 7.5
+    cross_category_share: float = 0.5
+    """Share of replacements drawn from data_specs/replace_swaps.yaml ("the person" → "a dog") when the
+    category has swaps; the rest stay within its kind (knowledge.yaml)."""
     replace_colour_share: float = 0.5
     """Share of replacements that also name a colour ("a white fox")."""
     recolour_with: Literal["lab", "inpaint"] = "lab"

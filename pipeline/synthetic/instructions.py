@@ -18,7 +18,7 @@ from pipeline.records import Reject, make_key
 from pipeline.schema import SPECS_DIR
 from pipeline.synthetic.colour_naming import ColourTable
 from pipeline.synthetic.config import SyntheticConfig
-from pipeline.synthetic.knowledge import Knowledge
+from pipeline.synthetic.knowledge import Knowledge, load_swaps
 from pipeline.synthetic.referents import relation
 from pipeline.synthetic.scenarios import EditCandidate, derived_seed, scenario_rng
 from pipeline.synthetic.stages import MapStage
@@ -157,7 +157,11 @@ class PlanEdits(MapStage):
         op = str(rng.choice(operations))
         new_object = new_colour = None
         if op == "replace":
-            new_object = str(rng.choice(knowledge.replacements(obj.category)))
+            swaps = load_swaps().get(obj.category, ())
+            if swaps and rng.random() < cfg.cross_category_share:
+                new_object = str(rng.choice(swaps))  # across categories: "the person" → "a dog"
+            else:
+                new_object = str(rng.choice(knowledge.replacements(obj.category)))
             if rng.random() < cfg.replace_colour_share:
                 new_colour = str(rng.choice(colours.recolour_targets))
             content = {"new": with_article(f"{new_colour} {new_object}" if new_colour else new_object)}

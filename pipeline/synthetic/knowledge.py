@@ -11,6 +11,7 @@ import yaml
 from pipeline.schema import SPECS_DIR
 
 KNOWLEDGE_PATH = SPECS_DIR / "knowledge.yaml"
+SWAPS_PATH = SPECS_DIR / "replace_swaps.yaml"
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,18 @@ def load_knowledge(path: Path = KNOWLEDGE_PATH) -> Knowledge:
             raise ValueError(f"{path}: questions.{name} must be a list of questions ending with '?'")
         questions[name] = tuple(items)
     return Knowledge(categories, kind_of, kinds, {c: frozenset(v) for c, v in confusable.items()}, questions)
+
+
+@functools.cache
+def load_swaps(path: Path = SWAPS_PATH) -> dict[str, tuple[str, ...]]:
+    """COCO category → plausible objects of other categories to replace it with (data_specs/replace_swaps.yaml)."""
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    knowledge = load_knowledge()
+    swaps = {}
+    for name, items in (doc.get("swaps") or {}).items():
+        if name not in knowledge.categories:
+            raise ValueError(f"{path}: swaps.{name}: not a category of {KNOWLEDGE_PATH}; use the COCO category name")
+        if not items or name in items:
+            raise ValueError(f"{path}: swaps.{name} must list other objects, got {items!r}")
+        swaps[name] = tuple(items)
+    return swaps
