@@ -219,3 +219,17 @@ def test_colour_table_names_the_sample_palette():
 
     for name, rgb in COLOURS.items():
         assert table.name_pixels(np.array([rgb] * 4, dtype=np.uint8)) == (name, 1.0)
+
+
+def test_mirrors_from_coco_stuff_mirror_stuff_regions(samples, truth, tmp_path):
+    """Real COCO has no mirror annotations: with COCO-Stuff maps, mirror-stuff regions are the mirrors."""
+    annotations = samples.root / "coco" / "annotations" / "instances_train2017.json"  # a file: no scenes.json
+    cfg = SyntheticConfig(scenarios={"mirror": 10, "reasoning": 1}, leakage_guard=False)
+    plan = plan_build(cfg, BuildInputs(input=str(annotations), stuff=str(samples.cocostuff)), tmp_path / "stuff")
+    jobs = _jobs(plan, "mirror")
+    assert jobs and "COCO-Stuff mirror-stuff" in plan["mirror_sources"]
+    for job in jobs:
+        target = next(o for o in truth[job["file_name"]]["objects"] if o["ann_id"] == job["target"]["ann_id"])
+        assert target["in_mirror"]
+    bare = plan_build(cfg, BuildInputs(input=str(annotations)), tmp_path / "bare")
+    assert not _jobs(bare, "mirror") and any("no scenes.json and no COCO-Stuff maps" in n for n in bare["notes"])

@@ -75,11 +75,14 @@ class BuildInputs(BaseModel):
     images: str | None = None
     splits: list[str] = Field(default_factory=list)
     scenes: str | None = None
+    stuff: str | None = None
+    """COCO-Stuff root (``stuffthingmaps_trainval2017/<split>/*.png``, ``labels.txt``): its mirror-stuff regions
+    are mirrors (real COCO has no mirror annotations)."""
 
 
 def build_spec(cfg: SyntheticConfig, inputs: BuildInputs) -> dict[str, Any]:
-    # Unset `scenes` stays out of the spec so builds planned before the field existed keep their hash.
-    unset = {"scenes"} if inputs.scenes is None else None
+    # Unset `scenes` / `stuff` stay out of the spec so builds planned before the fields existed keep their hash.
+    unset = {k for k in ("scenes", "stuff") if getattr(inputs, k) is None} or None
     return {"config": cfg.model_dump(mode="json"), "inputs": inputs.model_dump(mode="json", exclude=unset)}
 
 
@@ -106,12 +109,13 @@ def scene_sources(inputs: BuildInputs, output: Path) -> tuple[list[CocoSplit], P
     return splits, explicit, counts
 
 
-def plan_stages(cfg: SyntheticConfig, indexes: dict[str, CocoIndex], hashes: EvalHashes, quota: Quota) -> list[Stage]:
+def plan_stages(cfg: SyntheticConfig, indexes: dict[str, CocoIndex], hashes: EvalHashes, quota: Quota,
+                stuff: str | None = None) -> list[Stage]:
     """The planning pipeline: cheap stages over image records, in order."""
     knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
     return [
         LeakageGuard(hashes, cfg.phash_max_distance),
-        SceneAnalysis(indexes, colours, cfg.colour_min_share),
+        SceneAnalysis(indexes, colours, cfg.colour_min_share, stuff),
         ScenarioSelection(cfg, knowledge, quota),
         PlanEdits(cfg, knowledge, colours, templates),
     ]
@@ -142,11 +146,20 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
     quota = Quota({s: int(cfg.scenarios.get(s, 0)) for s in SCENARIOS})
 
     yields: dict[str, StageStats] = {}
-    stages = plan_stages(cfg, indexes, load_eval_hashes(tuple(cfg.eval_sets)), quota)
+    stages = plan_stages(cfg, indexes, load_eval_hashes(tuple(cfg.eval_sets)), quota, inputs.stuff)
     items = run_stages(stages, ordered, yields)
     entries = [{"reject": it.to_json()} if isinstance(it, Reject) else {"job": it.to_json()} for it in items]
+    notes = []
+    mirror_sources = [n for n, on in (("scenes.json mirrors", scenes), ("COCO-Stuff mirror-stuff", inputs.stuff),
+                                      (f"annotation categories {cfg.mirror_categories}", True)) if on]
+    if cfg.scenarios.get("mirror", 0) and not (scenes or inputs.stuff):
+        notes.append("mirror: no scenes.json and no COCO-Stuff maps (--stuff); COCO annotates no mirror, so only "
+                     f"annotation categories {cfg.mirror_categories} can mark mirrors and reflections may pass for "
+                     "ordinary objects")
+    if cfg.scenarios.get("mirror", 0) and not quota.taken.get("mirror"):
+        notes.append("mirror: no pair planned: no mirror region holding exactly one object of a category was found")
     plan = {
-        "spec_hash": digest, "spec": spec, "scenes_json": str(scenes) if scenes else None,
+        "spec_hash": digest, "notes": notes, "mirror_sources": mirror_sources, "spec": spec, "scenes_json": str(scenes) if scenes else None,
         "sources": [str(s.annotations) for s in splits], "images_available": len(records),
         "entries": entries, "yields": yields, "stages": stage_names(stages), "planned_by_scenario": quota.taken,
     }

@@ -36,7 +36,8 @@ def _build(args: argparse.Namespace) -> int:
         "eval_sets": args.eval_set, "inpaint_steps": args.steps, "inpaint_resolution": args.resolution,
     }.items() if v is not None}
     cfg = SyntheticConfig.preset(args.preset, **overrides) if args.preset else SyntheticConfig(**overrides)
-    inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes)
+    inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes,
+                         stuff=args.stuff)
     result = build(cfg, inputs, args.out, progress=lambda done, total: print(f"shard {done}/{total}", file=sys.stderr))
     print(json.dumps({k: v for k, v in result.items() if k != "yields"}, indent=1))
     return 0
@@ -70,6 +71,8 @@ def register(subparsers) -> None:
                    help="only this split (repeatable): a COCO split (train2017) or, for shards, the refs' split (train)")
     p.add_argument("--scenes", help="ground-truth scenes.json with per-image mirror regions (default: the "
                                     "sample-data directory's; shards have none)")
+    p.add_argument("--stuff", help="COCO-Stuff root (stuffthingmaps_trainval2017/, labels.txt): mirror-stuff regions "
+                                   "are mirrors")
     p.add_argument("--out", required=True, help="output dataset directory (rerun to resume)")
     p.add_argument("--preset", choices=["tiny", "sd15"], help="start from a named preset")
     p.add_argument("--scenarios", type=_scenarios, help="NAME=COUNT,... or all=COUNT (default 100 each)")

@@ -116,7 +116,9 @@ def data_card(index: dict[str, Any], plan: dict[str, Any], yields: list[dict[str
         (f"- evaluation sets kept out (pHash ≤ {cfg['phash_max_distance']} bits of any flip / crop variant, and "
          "MagicBrush COCO image ids): " + (", ".join(f"`{e}`" for e in cfg["eval_sets"]) or "none"))
         if cfg.get("leakage_guard", True) else "- leakage guard: **off** (leakage_guard=False)",
-        f"- images available: {plan.get('images_available', '?')}; seed {cfg['seed']}", "",
+        f"- images available: {plan.get('images_available', '?')}; seed {cfg['seed']}",
+        f"- mirror regions from: {', '.join(plan.get('mirror_sources', [])) or '?'}",
+        *[f"- note: {n}" for n in plan.get("notes", [])], "",
         "## Models", "",
         f"- masks: {'SAM ' + cfg['sam_type'] + ' `' + cfg['sam_checkpoint'] + '`' if cfg.get('sam_checkpoint') else 'annotation masks'}",
         f"- editor: {'inpainting `' + cfg['inpaint_dir'] + '`' if cfg.get('inpaint_dir') else 'CPU (CIELAB recolour, OpenCV removal; replace needs an inpainting model)'}",

@@ -212,8 +212,10 @@ class SceneAnalysis(Stage):
     name = "scene_analysis"
     fan_out = True
 
-    def __init__(self, indexes: dict[str, CocoIndex], colours: ColourTable, colour_min_share: float):
+    def __init__(self, indexes: dict[str, CocoIndex], colours: ColourTable, colour_min_share: float,
+                 stuff_root: str | None = None):
         self.indexes, self.colours, self.colour_min_share = indexes, colours, colour_min_share
+        self.stuff_root = stuff_root  # COCO-Stuff: mirror-stuff regions are mirrors (pipeline/synthetic/mirror_stuff.py)
 
     def process(self, record: ImageRecord) -> Iterator[Scene | Reject]:
         index = self.indexes[str(record.annotations)]
@@ -232,6 +234,10 @@ class SceneAnalysis(Stage):
         # A grayscale photo (COCO has some) shows no hue: naming colours there would call yellow "white".
         achromatic = int(np.ptp(rgb.astype(np.int16), axis=-1).max()) <= 2
         mirrors = list(index.gt_mirrors.get(record.file_name, ()))
+        if self.stuff_root:
+            from pipeline.synthetic.mirror_stuff import mirror_boxes
+
+            mirrors += mirror_boxes(self.stuff_root, record.split, record.file_name) or []
         objects = []
         for ann in sorted(index.anns.get(record.image_id, ()), key=lambda a: a["id"]):
             category = index.categories.get(ann["category_id"])
