@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.records import Reject
 from pipeline.synthetic.colour_naming import ColourTable, lab_to_rgb, rgb_to_lab
-from pipeline.synthetic.masks import dilate, edit_region
+from pipeline.synthetic.masks import dilate, edit_region, mask_window
 from pipeline.synthetic.pair import EditPair
 from pipeline.synthetic.stages import BatchMapStage
 
@@ -37,9 +37,13 @@ def paste_back(source: np.ndarray, edited: np.ndarray, edit_mask: np.ndarray, fe
         return np.where(edit_mask[..., None], edited, source).astype(np.uint8)
     from scipy.ndimage import distance_transform_edt
 
-    alpha = np.clip(distance_transform_edt(edit_mask) / (feather_px + 1), 0.0, 1.0)[..., None]
-    blended = alpha * edited.astype(np.float64) + (1 - alpha) * source.astype(np.float64)
-    return np.where(edit_mask[..., None], np.round(blended), source).astype(np.uint8)
+    out = source.copy()
+    window = mask_window(edit_mask, 1)
+    inside = edit_mask[window]
+    alpha = np.clip(distance_transform_edt(inside) / (feather_px + 1), 0.0, 1.0)[..., None]
+    blended = alpha * edited[window].astype(np.float64) + (1 - alpha) * source[window].astype(np.float64)
+    out[window] = np.where(inside[..., None], np.round(blended), source[window]).astype(np.uint8)
+    return out
 
 
 @dataclass
@@ -63,12 +67,15 @@ def recolour_lab(source: np.ndarray, mask: np.ndarray, edit_mask: np.ndarray, ta
     the object's rim; rim pixels inside the dilated ``edit_mask`` that still look like the object are
     recoloured as well, so no halo of the old colour is left.
     """
-    lab = rgb_to_lab(source)
-    mean = lab[mask].mean(0)
-    rim = edit_mask & ~mask & (np.sqrt(((lab - mean) ** 2).sum(-1)) < RIM_DELTA_E)
-    region = mask | rim
+    window = mask_window(edit_mask | mask, 1)
+    lab = rgb_to_lab(source[window])
+    obj, allowed = mask[window], edit_mask[window]
+    mean = lab[obj].mean(0)
+    rim = allowed & ~obj & (np.sqrt(((lab - mean) ** 2).sum(-1)) < RIM_DELTA_E)
+    region = obj | rim
     out = source.copy()
-    out[region] = lab_to_rgb((lab[region] - mean + target_lab).reshape(-1, 1, 3)).reshape(-1, 3)
+    patch = out[window]  # a view: writing it writes out
+    patch[region] = lab_to_rgb((lab[region] - mean + target_lab).reshape(-1, 1, 3)).reshape(-1, 3)
     return out
 
 

@@ -45,14 +45,30 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def mask_window(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """Row and column slices of ``mask``'s bounding box grown by ``pad`` (clipped); the whole image if empty.
+
+    Per-pixel work near an object (dilation, inpainting, ring statistics) only needs this window: on a
+    640 px photo with a 60 px object it is ~20x fewer pixels.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return slice(0, mask.shape[0]), slice(0, mask.shape[1])
+    return (slice(max(int(ys.min()) - pad, 0), int(ys.max()) + pad + 1),
+            slice(max(int(xs.min()) - pad, 0), int(xs.max()) + pad + 1))
+
+
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """(H, W) bool mask grown by a disk of ``radius`` pixels."""
-    if radius <= 0:
+    """(H, W) bool mask grown by a disk of ``radius`` pixels (computed on the mask's window only)."""
+    if radius <= 0 or not mask.any():
         return mask.copy()
     from scipy.ndimage import binary_dilation
     from skimage.morphology import disk
 
-    return binary_dilation(mask, structure=disk(radius))
+    window = mask_window(mask, radius + 1)
+    out = np.zeros_like(mask)
+    out[window] = binary_dilation(mask[window], structure=disk(radius))
+    return out
 
 
 def edit_region(mask: np.ndarray, others: np.ndarray | None, radius: int, box: bool = False) -> np.ndarray:
