@@ -175,6 +175,21 @@ def test_tiny_sam_loads_by_path_and_segments(sam_checkpoint, scenes, tmp_path):
         src, tgt, mask = _decode(files["src.png"]), _decode(files["tgt.png"]), _decode(files["mask.png"]) > 127
         assert np.array_equal(src[~mask], tgt[~mask])
 
+    # all boxes of an image in one decoder call give what one call per box gives
+    from pipeline.synthetic.masks import SamMasker
+    from pipeline.synthetic.scene import load_index, read_rgb, resolve_inputs
+
+    (split,), _ = resolve_inputs(scenes)
+    index = load_index(str(split.annotations), str(split.images), split.split, ("mirror",), None)
+    image = next(im for im in index.images.values() if im["file_name"] == "three_cats.png")
+    anns = index.anns[image["id"]]
+    rgb = read_rgb(split.images / image["file_name"])
+    masker = SamMasker(sam, "tiny")
+    many = masker.segment_many("a", rgb, [a["bbox"] for a in anns], [index.mask(a) for a in anns])
+    single = [SamMasker(sam, "tiny").segment("b", rgb, a["bbox"], index.mask(a)) for a in anns]
+    for (m1, iou1), (m2, iou2) in zip(many, single):
+        assert np.array_equal(m1, m2) and iou1 == pytest.approx(iou2)
+
     strict = cfg.model_copy(update={"sam_min_iou": 0.999})
     build(strict, BuildInputs(input=str(scenes)), tmp_path / "strict")
     assert "sam_low_iou" in _reasons(tmp_path / "strict")

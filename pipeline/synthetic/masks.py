@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.records import Reject
 from pipeline.synthetic.config import SamArch
 from pipeline.synthetic.pair import EditPair
-from pipeline.synthetic.stages import MapStage
+from pipeline.synthetic.stages import BatchMapStage
 
 log = logging.getLogger(__name__)
 
@@ -95,32 +95,60 @@ class SamMasker:
 
     def segment(self, image_key: str, rgb: np.ndarray, box_xywh, reference: np.ndarray) -> tuple[np.ndarray, float]:
         """(H, W) bool mask of the box's object, and its IoU with ``reference`` (the annotation mask)."""
+        return self.segment_many(image_key, rgb, [box_xywh], [reference])[0]
+
+    def segment_many(self, image_key: str, rgb: np.ndarray, boxes_xywh: list, references: list[np.ndarray]
+                     ) -> list[tuple[np.ndarray, float]]:
+        """Every box of one image in one decoder call (`SamPredictor.predict_torch` takes a batch of boxes)."""
+        import torch
+
         if image_key != self._image_key:
             self.predictor.set_image(rgb)
             self._image_key = image_key
-        x, y, w, h = box_xywh
-        masks, _, _ = self.predictor.predict(box=np.array([x, y, x + w, y + h], dtype=np.float32), multimask_output=True)
-        ious = [mask_iou(m, reference) for m in masks]
-        best = int(np.argmax(ious))
-        return masks[best].astype(bool), ious[best]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes_xywh], dtype=torch.float32,
+                             device=self.predictor.device)
+        boxes = self.predictor.transform.apply_boxes_torch(boxes, rgb.shape[:2])
+        with torch.no_grad():
+            masks, _, _ = self.predictor.predict_torch(None, None, boxes=boxes, multimask_output=True)
+        out = []
+        for candidates, reference in zip(masks.cpu().numpy(), references):  # (N, 3, H, W) bool
+            ious = [mask_iou(m, reference) for m in candidates]
+            best = int(np.argmax(ious))
+            out.append((candidates[best].astype(bool), ious[best]))
+        return out
 
 
-class RefineMasks(MapStage):
-    """EditPair → its object mask (SAM's best box mask, or the annotation) and the edit mask per operation."""
+class RefineMasks(BatchMapStage):
+    """EditPair → its object mask (SAM's best box mask, or the annotation) and the edit mask per operation.
+
+    SAM runs once per image for all of a batch's boxes on it (consecutive plan entries share images).
+    """
 
     name = "masks"
 
     def __init__(self, masker: SamMasker | None, min_iou: float, dilate_px: int, remove_dilate_px: int | None = None,
-                 replace_box: bool = False):
+                 replace_box: bool = False, batch_size: int = 8):
         self.masker, self.min_iou, self.dilate_px = masker, min_iou, dilate_px
         self.remove_dilate_px = dilate_px if remove_dilate_px is None else remove_dilate_px
-        self.replace_box = replace_box
+        self.replace_box, self.batch_size = replace_box, batch_size
 
-    def map(self, pair: EditPair) -> EditPair | Reject:
-        if self.masker is None:
+    def map_batch(self, pairs: list[EditPair]) -> list[EditPair | Reject]:
+        segmented: dict[int, tuple[np.ndarray, float]] = {}
+        if self.masker is not None:
+            by_image: dict[str, list[int]] = {}
+            for i, pair in enumerate(pairs):
+                by_image.setdefault(pair.job.image_path, []).append(i)
+            for image, idx in by_image.items():
+                results = self.masker.segment_many(image, pairs[idx[0]].source, [pairs[i].job.target["bbox"] for i in idx],
+                                                   [pairs[i].annotation_mask for i in idx])
+                segmented.update(zip(idx, results))
+        return [self._finish(pair, segmented.get(i)) for i, pair in enumerate(pairs)]
+
+    def _finish(self, pair: EditPair, sam: tuple[np.ndarray, float] | None) -> EditPair | Reject:
+        if sam is None:
             pair.mask, pair.mask_source = pair.annotation_mask, "annotation"
         else:
-            mask, iou = self.masker.segment(pair.job.image_path, pair.source, pair.job.target["bbox"], pair.annotation_mask)
+            mask, iou = sam
             pair.scores["sam_iou"] = round(iou, 4)
             if iou < self.min_iou:
                 return Reject(pair.job.location, "sam_low_iou",
