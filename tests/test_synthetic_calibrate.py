@@ -38,7 +38,7 @@ def test_labels_from_judging_page_exports_majority_vote(tmp_path):
 
 
 def test_calibrate_cli_writes_thresholds_and_measured_precision(tmp_path, capsys):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     out = tmp_path / "built"
     build(SyntheticConfig(scenarios={s: 10 for s in SCENARIOS}, remove_ring_max_de=50.0,

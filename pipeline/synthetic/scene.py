@@ -192,7 +192,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 in the displayed orientation (EXIF Orientation applied; grayscale/CMYK → RGB).
 
     The sample data's COCO files give width/height and geometry in the displayed orientation, as
-    detectron2-style loaders read COCO; `analyse_scenes` checks the size against the annotation, so an
+    detectron2-style loaders read COCO; `SceneAnalysis` checks the size against the annotation, so an
     annotation file made on the stored grid of a rotated JPEG fails loudly (size_mismatch) instead of
     producing misplaced masks.
     """
