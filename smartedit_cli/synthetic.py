@@ -81,4 +81,21 @@ def register(subparsers) -> None:
         aliases={"eval_sets": ["--eval-set"], "inpaint_steps": ["--steps"], "inpaint_resolution": ["--resolution"]}))
     from pipeline.synthetic.calibrate import register as register_calibrate
 
-    register_calibrate(subparsers)  # `smartedit synthetic calibrate`
+    synthetic = register_calibrate(subparsers)  # `smartedit synthetic calibrate`
+    p = synthetic.add_parser("label", help="a labelling page (the Ins-align judging page) for kept pairs and negatives")
+    p.add_argument("dataset", help="the build-synthetic output directory")
+    p.add_argument("-o", "--output", required=True, help="HTML page to write (images go beside it)")
+    p.add_argument("-n", type=int, help="at most this many pairs from each of kept and negatives")
+    p.set_defaults(func=_label)
+
+
+def _label(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from model.evaluation.judging import JudgingEntry, write_judging_page
+    from pipeline.synthetic.calibrate import labelling_entries
+
+    out = Path(args.output)
+    entries = [JudgingEntry(**e) for e in labelling_entries(args.dataset, out.parent / (out.stem + "_images"), args.n)]
+    print(write_judging_page(entries, out, page_id=Path(args.dataset).name, title="Synthetic pairs: good or bad?"))
+    return 0

@@ -65,6 +65,9 @@ def test_calibrate_cli_writes_thresholds_and_measured_precision(tmp_path, capsys
     assert "## Measured precision (from labels)" in card and "| scenario left_right |" in card
     assert json.loads((out / "calibration.json").read_text())["labels"] == len(labels)
 
+    assert main(["synthetic", "label", str(out), "-o", str(tmp_path / "label.html")]) == 0
+    page = (tmp_path / "label.html").read_text()
+    assert JUDGEMENTS_FORMAT in page and kept[0][0] in page  # the judging page, whose export calibrate reads
     entries = labelling_entries(out, tmp_path / "page")
     assert {e["key"] for e in entries if e["group"] == "kept"} == set(labels)
     assert all(Path(e["input_image"]).is_file() and Path(e["output_image"]).is_file() for e in entries)

@@ -177,8 +177,9 @@ def main_calibrate(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Adds the `synthetic` command group with `calibrate`."""
+def register(subparsers):
+    """Adds the `synthetic` command group with `calibrate`; returns the group's subparsers (the CLI adds
+    `label`, which needs the evaluation's judging page)."""
     group = subparsers.add_parser("synthetic", help="synthetic edit pairs: calibration from labels")
     sub = group.add_subparsers(dest="synthetic_command", required=True)
     p = sub.add_parser("calibrate", help="measured precision from labels; thresholds for a target precision")
@@ -187,4 +188,5 @@ def register(subparsers) -> None:
     p.add_argument("--target-precision", type=float, default=0.9)
     p.add_argument("--min-support", type=int, default=5, help="fewest labelled pairs a threshold must pass")
     p.set_defaults(func=main_calibrate)
+    return sub
 
