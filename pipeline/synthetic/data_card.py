@@ -59,8 +59,8 @@ THRESHOLDS = ("position_margin", "size_ratio", "colour_min_share", "mask_min_are
 def _measured(calibration: dict[str, Any] | None) -> list[str]:
     if not calibration:
         return ["## Measured precision", "",
-                "Not measured yet: label pairs on the judging page and run `smartedit synthetic calibrate LABELS "
-                "--dataset DIR` (pipeline/synthetic/calibrate.py).", ""]
+                "Not measured yet: `smartedit synthetic label DIR -o label.html` (the judging page), label the pairs, "
+                "then `smartedit synthetic calibrate LABELS --dataset DIR` (pipeline/synthetic/calibrate.py).", ""]
     m = calibration["measured"]
 
     def row(name: str, p: dict[str, Any]) -> str:
