@@ -103,16 +103,25 @@ class EditVerifier:
         self.cfg, self.colours, self.detector, self.clip = cfg, colours, detector, clip
 
     def verify(self, pair: EditPair, cand: Candidate) -> Verdict:
+        return self.verify_all(pair, [cand])[0]
+
+    def verify_all(self, pair: EditPair, cands: list[Candidate]) -> list[Verdict]:
+        """Verdicts for a pair's candidates; the CLIP crop scores of all of them in one batch."""
         op = pair.job.operation
-        verdict = {"remove": self._remove, "recolour": self._recolour, "replace": self._replace}[op](pair, cand)
-        if verdict.reason is None and self.clip is not None and op != "remove":
-            score = self.clip.crop_scores([cand.target], [cand.edit_mask], [pair.job.target_description])[0]
-            verdict.scores["clip_crop"] = round(score, 3)
-            verdict.rank = min(verdict.rank, -score)
-            if score < self.cfg.clip_crop_min:
-                return Verdict("clip_crop_low", f"CLIP score of the edited crop {score:.2f} < {self.cfg.clip_crop_min}",
-                               verdict.scores, verdict.rank)
-        return verdict
+        check = {"remove": self._remove, "recolour": self._recolour, "replace": self._replace}[op]
+        verdicts = [check(pair, c) for c in cands]
+        scored = [i for i, v in enumerate(verdicts) if v.reason is None] if self.clip is not None and op != "remove" else []
+        if scored:
+            scores = self.clip.crop_scores([cands[i].target for i in scored], [cands[i].edit_mask for i in scored],
+                                           [pair.job.target_description] * len(scored))
+            for i, score in zip(scored, scores):
+                v = verdicts[i]
+                v.scores["clip_crop"] = round(score, 3)
+                v.rank = min(v.rank, -score)
+                if score < self.cfg.clip_crop_min:
+                    verdicts[i] = Verdict("clip_crop_low", f"CLIP score of the edited crop {score:.2f} < "
+                                          f"{self.cfg.clip_crop_min}", v.scores, v.rank)
+        return verdicts
 
     def _detected(self, cand: Candidate, queries: list[str], mask: np.ndarray) -> dict[str, float]:
         ys, xs = np.nonzero(mask)
@@ -189,8 +198,7 @@ class VerifyEdits(MapStage):
             return pair
         passed: list[tuple[float, int, Candidate]] = []
         failed: list[tuple[Candidate, Verdict]] = []
-        for i, cand in enumerate(pair.candidates):
-            verdict = self.verifier.verify(pair, cand)
+        for i, (cand, verdict) in enumerate(zip(pair.candidates, self.verifier.verify_all(pair, pair.candidates))):
             cand.scores = verdict.scores
             if verdict.reason is None:
                 passed.append((verdict.rank, i, cand))
