@@ -333,3 +333,17 @@ def scene_truth(rendered: RenderedScene) -> dict[str, Any]:
         "objects": [object_truth(o, m) for o, m in zip(s.objects, rendered.masks)],
         "mirrors": [{"bbox": [m.x, m.y, m.w, m.h], "glass_bbox": list(m.glass)} for m in s.mirrors],
     }
+
+
+def clean_plate(scene: Scene, ann_id: int) -> RenderedScene:
+    """The scene rendered without object ``ann_id``: what a perfect removal of it looks like.
+
+    The background and every other object are seeded by the plan, not by draw order, so only the pixels
+    the object covered (and did not lie under a later object) change.
+    """
+    without = scene.copy()
+    kept = [o for o in without.objects if o.ann_id != ann_id]
+    if len(kept) == len(without.objects):
+        raise KeyError(f"scene has no object with ann_id {ann_id}")
+    without.objects = kept
+    return render(without)
