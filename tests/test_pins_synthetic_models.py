@@ -70,33 +70,43 @@ def tiny_sam():
 
 
 def test_sam_receives_the_box_as_xyxy_and_the_iou_is_recomputed(tiny_sam, monkeypatch):
+    """Spy on the real predictor: the boxes handed to SAM's resize transform are xyxy in image pixels."""
     masker = SamMasker(tiny_sam, "tiny")
-    seen = []
-    real_predict = masker.predictor.predict
+    boxes_seen, candidates_seen = [], []
+    transform = masker.predictor.transform
+    real_apply, real_predict = transform.apply_boxes_torch, masker.predictor.predict_torch
 
-    def spy(**kw):
-        out = real_predict(**kw)
-        seen.append((kw, out[0]))
+    def apply_spy(boxes, original_size):
+        boxes_seen.append((boxes.clone().cpu().numpy(), tuple(original_size)))
+        return real_apply(boxes, original_size)
+
+    def predict_spy(*args, **kw):
+        out = real_predict(*args, **kw)
+        candidates_seen.append(out[0].cpu().numpy())
         return out
 
-    monkeypatch.setattr(masker.predictor, "predict", spy)
+    monkeypatch.setattr(transform, "apply_boxes_torch", apply_spy)
+    monkeypatch.setattr(masker.predictor, "predict_torch", predict_spy)
     rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     reference = np.zeros((48, 64), bool)
     reference[10:30, 5:25] = True  # the annotation: x 5..25, y 10..30 → xywh (5, 10, 20, 20)
     mask, iou = masker.segment("img-1", rgb, (5, 10, 20, 20), reference)
-    kw, candidates = seen[0]
-    np.testing.assert_array_equal(kw["box"], np.array([5, 10, 25, 30], dtype=np.float32))
-    assert kw["multimask_output"] is True
+    np.testing.assert_array_equal(boxes_seen[0][0], np.array([[5, 10, 25, 30]], dtype=np.float32))
+    assert boxes_seen[0][1] == (48, 64)
+    candidates = candidates_seen[0][0]  # (3, H, W): multimask output for the one box
+    assert candidates.shape == (3, 48, 64)
     ious = [np.logical_and(c, reference).sum() / max(np.logical_or(c, reference).sum(), 1) for c in candidates]
     assert iou == pytest.approx(max(ious)) and mask.dtype == bool and mask.shape == reference.shape
     assert np.array_equal(mask, candidates[int(np.argmax(ious))].astype(bool))
+    # several boxes of one image: one call, each box converted
+    masker.segment_many("img-1", rgb, [(0, 0, 8, 8), (30, 5, 10, 20)], [reference, reference])
+    np.testing.assert_array_equal(boxes_seen[1][0], np.array([[0, 0, 8, 8], [30, 5, 40, 25]], dtype=np.float32))
     # the same image key reuses the embedding; another key recomputes it
     calls = []
     monkeypatch.setattr(masker.predictor, "set_image", lambda im: calls.append(im.shape))
     masker.segment("img-1", rgb, (0, 0, 8, 8), reference)
     masker.segment("img-2", rgb, (0, 0, 8, 8), reference)
     assert calls == [(48, 64, 3)]
-    np.testing.assert_array_equal(seen[1][0]["box"], np.array([0, 0, 8, 8], dtype=np.float32))
 
 
 def test_mask_iou_independent():

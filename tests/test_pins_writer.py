@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tarfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -129,10 +130,10 @@ def test_crash_leaves_only_the_temp_file_and_rerun_rewrites(tmp_path):
 
     with pytest.raises(RuntimeError, match="source died"):
         write_shard(path, crashing())
-    assert not path.exists() and not stats_path(path).exists()
-    assert (tmp_path / "a.tar.tmp").exists()
+    assert list(tmp_path.iterdir()) == []  # no final shard, no marker, and the temporary file is removed
     stats = write_shard(path, [_vqa(0), _vqa(1)])
-    assert stats.nsamples == 2 and path.exists() and not (tmp_path / "a.tar.tmp").exists()
+    assert stats.nsamples == 2 and path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.stats.json", "a.tar"]
 
 
 def test_completed_shard_is_skipped_without_reading_items(tmp_path):
@@ -168,7 +169,9 @@ def test_shard_is_written_to_a_temp_name_then_renamed(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_mod.os, "replace", replace)
     monkeypatch.setattr(writer_mod.os, "fsync", fsync)
     write_shard(tmp_path / "a.tar", [_vqa(0)])
-    assert calls == [("a.tar.tmp", "a.tar"), ("a.stats.json.tmp", "a.stats.json")]
+    assert [dst for _, dst in calls] == ["a.tar", "a.stats.json"]
+    assert re.fullmatch(r"a\.tar\.\d+-[0-9a-f]+\.tmp", calls[0][0]), calls
+    assert re.fullmatch(r"a\.stats\.json\.\d+-[0-9a-f]+\.tmp", calls[1][0]), calls
     assert len(fsynced) >= 3  # shard file, directory, marker file
 
 
@@ -177,7 +180,8 @@ def test_atomic_write_text_goes_through_a_temp_file(tmp_path, monkeypatch):
     real = os.replace
     monkeypatch.setattr(writer_mod.os, "replace", lambda s, d: (seen.append((Path(s).name, Path(d).name)), real(s, d)))
     atomic_write_text(tmp_path / "x.json", "{}")
-    assert seen == [("x.json.tmp", "x.json")] and (tmp_path / "x.json").read_text() == "{}"
+    assert len(seen) == 1 and seen[0][1] == "x.json" and re.fullmatch(r"x\.json\.\d+-[0-9a-f]+\.tmp", seen[0][0])
+    assert (tmp_path / "x.json").read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 # -- manifest ---------------------------------------------------------------------------------------------------------
