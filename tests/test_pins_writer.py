@@ -274,3 +274,21 @@ def test_provenance_now_records_utc_creation_time_and_hash():
     assert before <= created <= after
     assert prov.spec_hash == spec_hash({"j": 1, "k": 2}) and prov.source == "magicbrush"
     assert prov.code_version and prov.flow_run_id is None
+
+
+def test_marker_of_other_settings_is_not_trusted(tmp_path, monkeypatch):
+    path = tmp_path / "a.tar"
+    first = write_shard(path, [_vqa(0)], fingerprint="f1")
+    assert first.fingerprint == "f1"
+    assert write_shard(path, iter(()), fingerprint="f1") == first  # same settings: skipped
+    second = write_shard(path, [_vqa(0), _vqa(1)], fingerprint="f2")  # other settings: rewritten
+    assert second.nsamples == 2 and ShardStats.load(stats_path(path)).fingerprint == "f2"
+
+    # a crash between the new shard and its marker must not leave the old marker describing the new bytes
+    def no_marker(p, text):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer_mod, "atomic_write_text", no_marker)
+    with pytest.raises(OSError):
+        write_shard(path, [_vqa(5)], fingerprint="f3")
+    assert not stats_path(path).exists()
