@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from flows.common import RunnerKind, artifact_key, gpu_slot, is_io_error, make_task_runner, publish_manifests
+from flows.common import (RunnerKind, artifact_key, gpu_slot, image_artifact, is_io_error, keep_if_unchanged,
+                          make_task_runner, manifest_snapshot, publish_manifests)
 
 
 @task(task_run_name="plan")
@@ -36,9 +37,19 @@ def shard_task(config_json: str, output: str, shard_index: int) -> dict[str, Any
     from pipeline.synthetic.build import build_shard
     from pipeline.synthetic.config import SyntheticConfig
 
+    from pipeline.synthetic.build import plan_path, shard_plans
+    from pipeline.writer import stats_path
+
     cfg = SyntheticConfig.model_validate_json(config_json)
+    import json
+
+    name = shard_plans(json.loads(plan_path(Path(output)).read_text()), cfg)[shard_index].name
+    resumed = stats_path(Path(output) / name).exists() and (Path(output) / name).exists()
     with gpu_slot(cfg.device):
-        return build_shard(cfg, output, shard_index)
+        result = build_shard(cfg, output, shard_index)
+    get_run_logger().info("%s: %s (%d pairs kept, %d dropped)", name, "resumed: already complete" if resumed else "built",
+                          result["nsamples"], result["rejected"])
+    return {**result, "resumed": resumed}
 
 
 @task(task_run_name="finalize")
@@ -88,36 +99,73 @@ def build_synthetic(
               "batch_size": batch_size, "seed": seed, "eval_sets": eval_sets, "shard_size": shard_size}
     cfg = SyntheticConfig(**{k: v for k, v in fields.items() if v is not None}, **(options or {}))
     inputs = BuildInputs(input=input, images=images, splits=splits or [], scenes=scenes)
+    _check_inputs(input=input, images=images, scenes=scenes, sam_checkpoint=sam_checkpoint, inpaint_dir=inpaint_dir,
+                  clip_dir=clip_dir, llm_dir=llm_dir)  # before anything is created: bad input fails at once
     config_json, inputs_json = cfg.model_dump_json(), inputs.model_dump_json()
     Path(output).mkdir(parents=True, exist_ok=True)
 
     n_shards = plan_task(config_json, inputs_json, output)
     inner = shards_flow.with_options(task_runner=make_task_runner(runner, workers))
-    inner(config_json=config_json, output=output, n_shards=n_shards)
+    shard_results = inner(config_json=config_json, output=output, n_shards=n_shards)
+    resumed = sum(bool(r.get("resumed")) for r in shard_results)
+    logger.info("build-synthetic: shards %d built, %d resumed, %d pairs in them", n_shards - resumed, resumed,
+                sum(r["nsamples"] for r in shard_results))
+    manifest = Path(output) / "shardindex.json"
+    before = manifest_snapshot(manifest)
     result = finalize_task(config_json, output)
     _publish(result)
     from pipeline.manifest import load_manifest
 
     manifest = Path(result["manifest"])
-    publish_manifests("build-synthetic", [load_manifest(manifest)], [manifest], output, announce=announce)
+    unchanged = resumed == n_shards and keep_if_unchanged(manifest, before)
+    publish_manifests("build-synthetic", [load_manifest(manifest)], [manifest], output, announce=announce,
+                      unchanged=[unchanged])
     logger.info("build-synthetic: %d pairs kept, %d dropped, in %s", result["kept"], result["rejected"], output)
-    return {k: v for k, v in result.items() if k != "yields"}
+    return {k: v for k, v in result.items() if k != "yields"} | {"resumed_shards": resumed, "unchanged": unchanged}
+
+
+def _check_inputs(**paths: str | None) -> None:
+    """Every path parameter that is given must exist (one line naming the parameter and the fix)."""
+    for name, path in paths.items():
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"build-synthetic: parameter {name!r} is {path}, which does not exist; "
+                                    "pass an existing path (nothing was created)")
 
 
 @flow(name="build-synthetic-shards")
 def shards_flow(config_json: str, output: str, n_shards: int) -> list[dict[str, Any]]:
+    logger = get_run_logger()
+    progress = create_progress_artifact(progress=0.0, description=f"build-synthetic: shards done of {n_shards}")
     futures = [shard_task.submit(config_json, output, i) for i in range(n_shards)]
-    return [f.result() for f in futures]
+    results, pairs = [], 0
+    for done, future in enumerate(futures, 1):
+        results.append(future.result())
+        pairs += results[-1]["nsamples"]
+        update_progress_artifact(progress, progress=100.0 * done / max(n_shards, 1))
+        logger.info("build-synthetic: shards %d/%d, %d pairs built so far", done, n_shards, pairs)
+    return results
+
+
+def yield_rows(yields: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
+    """The yields table as the build reports it: in, out, dropped and the top drop reasons per stage.
+
+    Only renders what the build's ``yields`` provide (``dropped`` and ``reasons``/``dropped_by_reason``
+    when present; ``dropped`` = in − out otherwise); no percentage that could exceed 100 %."""
+    rows = []
+    for r in yields:
+        dropped = r.get("dropped", r["in"] - r["out"] if r.get("in") is not None and r.get("out") is not None else None)
+        reasons = r.get("reasons") or r.get("dropped_by_reason") or {}
+        rows.append({"stage": r["stage"], "in": r.get("in"), "out": r.get("out"), "dropped": dropped,
+                     "top drop reasons": ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:top])})
+    return rows
 
 
 def _publish(result: dict[str, Any]) -> None:
-    rows = [{"stage": r["stage"], "in": r["in"], "out": r["out"],
-             "yield": "" if r["yield"] is None else f"{100 * r['yield']:.1f} %"} for r in result["yields"]]
-    create_table_artifact(key=artifact_key("build-synthetic", "yields"), table=rows,
-                          description="synthetic build: items in and out of each stage")
+    create_table_artifact(key=artifact_key("build-synthetic", "yields"), table=yield_rows(result["yields"]),
+                          description="synthetic build: items in, out and dropped at each stage, top drop reasons")
     create_markdown_artifact(key=artifact_key("build-synthetic", "data-card"),
                              markdown=Path(result["data_card"]).read_text(), description="synthetic build data card")
     if result.get("contact_sheet"):
-        create_link_artifact(key=artifact_key("build-synthetic", "contact-sheet"),
-                             link=Path(result["contact_sheet"]).resolve().as_uri(), link_text="contact sheet",
+        url = image_artifact(artifact_key("build-synthetic", "contact-sheet"), result["contact_sheet"], "Contact sheet",
                              description="source | mask | target | instruction for the first pairs")
+        get_run_logger().info("contact sheet: %s", url if not url.startswith("data:") else f"{result['contact_sheet']} (embedded in the artifact)")

@@ -19,7 +19,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
-from flows.common import RunnerKind, is_io_error, make_task_runner, publish_manifests
+from flows.common import (RunnerKind, is_io_error, keep_if_unchanged, make_task_runner, manifest_snapshot,
+                          publish_manifests)
 
 SEGMENTATION = ("cocostuff", "refcoco", "refcoco+", "refcocog", "grefcoco", "reasonseg")
 VQA = ("llava-instruct",)
@@ -48,10 +49,16 @@ def convert_shard_task(source: str, root: str, split: str, options_json: str, sh
                        dataset_dir: str) -> dict[str, Any]:
     from pipeline.convert import convert_shard, dataset_prefix, plan_shards
 
+    from pipeline.writer import stats_path
+
     reader = _reader(source, root, split, options_json)
     plan = plan_shards(dataset_prefix(reader), len(reader.records()), shard_size)[shard_index]
+    path = Path(dataset_dir) / plan.name
+    resumed = stats_path(path).exists() and path.exists()
     stats = convert_shard(reader, plan, dataset_dir)
-    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected}
+    get_run_logger().info("%s: %s (%d kept, %d rejected)", plan.name, "resumed: already complete" if resumed else "built",
+                          stats.nsamples, stats.n_rejected)
+    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "resumed": resumed}
 
 
 def _splits(params: SourceParams) -> list[str]:
@@ -91,26 +98,45 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
             convert_shard_task.submit(params.source, params.root, split, options_json, i, shard_size, str(dataset_dir))
             for i in range(len(plans))
         ])
-    manifests, paths, done = [], [], 0
+    manifests, paths, unchanged, done = [], [], [], 0
     for (params, split, _, reader, plans, dataset_dir), shard_futures in zip(jobs, futures):
+        resumed = 0
         for future in shard_futures:
-            future.result()
+            resumed += bool(future.result()["resumed"])
             done += 1
             update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+            logger.info("%s: shards %d/%d", flow_name, done, total)
+        before = manifest_snapshot(dataset_dir / INDEX_NAME)
         index = finalize_dataset(dataset_dir, name=dataset_prefix(reader), shard_names=[p.name for p in plans],
                                  provenance=Provenance.now(reader.source, reader.spec()),
                                  extra={"input_fingerprint": fingerprints[params.root]})
-        logger.info("%s: %d kept, %d rejected", index["name"], index["counts"]["kept"], index["counts"]["rejected"])
+        same = resumed == len(plans) and keep_if_unchanged(dataset_dir / INDEX_NAME, before)
+        logger.info("%s: %d kept, %d rejected; shards %d built, %d resumed%s", index["name"], index["counts"]["kept"],
+                    index["counts"]["rejected"], len(plans) - resumed, resumed, "; manifest unchanged" if same else "")
         manifests.append(index)
         paths.append(dataset_dir / INDEX_NAME)
-    publish_manifests(flow_name, manifests, paths, output, announce)
+        unchanged.append(same)
+    publish_manifests(flow_name, manifests, paths, output, announce, unchanged)
     return [str(p) for p in paths]
 
 
 def _run(flow_name: str, allowed: tuple[str, ...], sources, output, shard_size, workers, runner, dask_address, announce):
     inner = convert_sources.with_options(name=f"{flow_name}-shards", task_runner=make_task_runner(runner, workers, dask_address))
-    return inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name,
-                 announce=announce)
+    paths = inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name,
+                  announce=announce)
+    _log_datasets(flow_name, paths)
+    return paths
+
+
+def _log_datasets(flow_name: str, paths: list[str]) -> None:
+    """The subflow's key lines again in the parent's log (`prefect flow-run logs <parent>` shows them)."""
+    from pipeline.manifest import load_manifest
+
+    logger = get_run_logger()
+    for path in paths:
+        counts = load_manifest(path)["counts"]
+        logger.info("%s: %s: %d kept, %d rejected (%s)", flow_name, Path(path).parent.relative_to(Path(path).parents[2]),
+                    counts["kept"], counts["rejected"], path)
 
 
 @flow(name="convert-segmentation")

@@ -48,19 +48,9 @@ def synthetic_parameters(samples: Path) -> dict:
 
 
 def retrain_parameters(demo_dir: Path) -> dict:
-    """The scheduled-retrain deployment's parameters for the demo: every sample source, tiny preset, few steps."""
-    samples = demo_dir / "samples"
-    return {
-        "sources": sample_sources(samples),
-        "shards": str(demo_dir / "shards"),
-        "runs": str(demo_dir / "runs"),
-        "registry": str(demo_dir / "registry.json"),
-        "benchmark": str(samples / "reason_edit"),
-        "synthetic": {"input": str(samples), "config": synthetic_parameters(samples)},
-        "preset": "tiny",
-        "steps": 4,
-        "num_inference_steps": 4,
-    }
+    """The scheduled-retrain deployment's parameters for the demo: the `demo` profile
+    (data_specs/profiles/demo.yaml: every sample source, the synthetic build, tiny preset, few steps)."""
+    return {"profile": "demo"}
 
 
 def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, float], str | None] | None = None) -> None:
