@@ -249,7 +249,8 @@ def status() -> None:
 # Engine bookkeeping lines that say nothing about the work; everything else a run logs is echoed.
 _NOISE = re.compile(r"^(Created task run|Created subflow run|Executing|Finished in state|Beginning |Opening process|"
                     r"Running \d+ deployment pull step|Executing deployment step|Process .* exited|Completed submission|"
-                    r"Downloading flow code|Worker .* submitting|Submitting flow run|Aborted submission|Running on worker)")
+                    r"Downloading flow code|Worker .* submitting|Submitting flow run|Aborted submission|Running on worker|"
+                    r"Flow run .* submitted to infrastructure|Deployment step|All deployment steps)")
 
 
 class LogFollower:

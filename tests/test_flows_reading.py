@@ -66,3 +66,22 @@ def test_readme_reading_example_runs_as_written(tmp_path, monkeypatch):
     assert first.startswith("RGB RGB L ")
     n = sum(s["nsamples"] for s in index["shardlist"])
     assert second.split()[0] == str(n) and second.endswith(" L")
+
+
+def test_shards_verify_json(tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+    from test_shards import build
+
+    build(tmp_path / "a", n=4)
+    build(tmp_path / "b", n=4)
+    assert main(["shards", "verify", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and [d["samples"] for d in report["datasets"]] == [4, 4]
+    shard = next((tmp_path / "b").glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    assert main(["shards", "verify", str(tmp_path), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["datasets"][0]["ok"] and not report["datasets"][1]["ok"]
+    assert report["datasets"][1]["problems"]
