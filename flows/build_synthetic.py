@@ -84,12 +84,33 @@ def build_synthetic(
     runner: RunnerKind = "threads",
     announce: bool = True,
 ) -> dict[str, Any]:
-    """Plan, write one shard per task, finalise. ``input``: a sample-data directory, a COCO instances JSON
-    (+ ``images``), or converted referring shards (a dataset directory / ``shardindex.json``, or a
-    directory of them; see `pipeline.synthetic.build.BuildInputs`). ``scenes``: a scenes.json with mirror
-    regions. ``options``: any other SyntheticConfig field (thresholds,
-    inpainting steps and resolution, ...). ``announce``: emit `shards.built` (starts the `train`
-    deployment's trigger); pass False when a calling flow trains itself. Returns paths and counts."""
+    """Plan, write one shard per task, finalise (manifest, SmartEdit JSON, contact sheet, data card).
+
+    Args:
+        input: A sample-data directory, a COCO instances JSON (with `images`), or converted referring
+            shards (a dataset directory or shardindex.json, or a directory of them).
+        output: Output dataset directory; a rerun resumes its finished shards.
+        images: The COCO image directory when `input` is an instances JSON.
+        splits: Splits of converted referring shards to build from (default: all given).
+        scenes: A scenes.json with mirror regions (mirror scenario).
+        scenarios: Pairs to build per Reason-Edit scenario, e.g. {"left_right": 50, "reasoning": 50}.
+        operations: Edit operations to draw from (replace, remove, recolour); default: all available.
+        sam_checkpoint: A SAM checkpoint file (official .pth) for masks; default: annotation masks.
+        sam_type: SAM architecture of the checkpoint (vit_h, vit_l, vit_b).
+        inpaint_dir: A local diffusers inpainting pipeline dir; default: the CPU editor.
+        clip_dir: A local CLIP dir for the CLIP-direction quality filter.
+        llm_dir: A local causal-LM dir that paraphrases instructions.
+        device: "cpu" or "cuda" (a GPU build holds one `gpu` concurrency slot per shard task).
+        batch_size: Images per inpainting batch.
+        seed: Seed of every random choice (the build is deterministic given input, seed and config).
+        eval_sets: Evaluation directories (Reason-Edit, MagicBrush test) whose images must not leak into the pairs.
+        shard_size: Pairs per output shard (one Prefect task per shard).
+        options: Any other SyntheticConfig field (thresholds, inpainting steps and resolution, ...).
+        workers: Parallel shard tasks.
+        runner: Task runner: threads, process or dask.
+        announce: Emit `shards.built` when the build changed something (starts the `train` trigger);
+            False when a calling flow trains itself.
+    """
     from pipeline.synthetic.build import BuildInputs
     from pipeline.synthetic.config import SyntheticConfig
 

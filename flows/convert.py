@@ -142,19 +142,52 @@ def _log_datasets(flow_name: str, paths: list[str]) -> None:
 @flow(name="convert-segmentation")
 def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                          runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
-    """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split)."""
+    """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split).
+
+    Args:
+        sources: Sources to convert: [{source, root (official layout), splits (default all), options}].
+        output: Output root; each dataset goes to <output>/<dataset>/<split> with its shardindex.json.
+        shard_size: Samples per shard (one Prefect task per shard).
+        workers: Parallel shard tasks.
+        announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
+            changed nothing stays silent.
+        runner: Task runner: process (default), threads or dask.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+    """
     return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address, announce)
 
 
 @flow(name="convert-vqa")
 def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                 runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
-    """LLaVA-Instruct-150k → shards."""
+    """LLaVA-Instruct-150k → shards.
+
+    Args:
+        sources: Sources to convert: [{source, root (official layout), splits (default all), options}].
+        output: Output root; each dataset goes to <output>/<dataset>/<split> with its shardindex.json.
+        shard_size: Samples per shard (one Prefect task per shard).
+        workers: Parallel shard tasks.
+        announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
+            changed nothing stays silent.
+        runner: Task runner: process (default), threads or dask.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+    """
     return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address, announce)
 
 
 @flow(name="convert-edit")
 def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                  runner: RunnerKind = "process", dask_address: str | None = None) -> list[str]:
-    """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards."""
+    """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards.
+
+    Args:
+        sources: Sources to convert: [{source, root (official layout), splits (default all), options}].
+        output: Output root; each dataset goes to <output>/<dataset>/<split> with its shardindex.json.
+        shard_size: Samples per shard (one Prefect task per shard).
+        workers: Parallel shard tasks.
+        announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
+            changed nothing stays silent.
+        runner: Task runner: process (default), threads or dask.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+    """
     return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address, announce)

@@ -191,3 +191,38 @@ def test_a_missing_checkpoint_fails_before_anything_is_created(prefect_harness, 
         train(preset="tiny", stage=2, manifests=manifests, output_dir=str(tmp_path / "run"),
               init_from=str(tmp_path / "nope"), allow_missing_sources=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["flows.retrain:retrain", "flows.build_synthetic:build_synthetic",
+                                  "flows.convert:convert_segmentation", "flows.convert:convert_vqa",
+                                  "flows.convert:convert_edit"])
+def test_every_parameter_has_a_description_in_the_ui_form(name):
+    """Prefect reads the Google-style `Args:` section into the deployment's parameter schema (the UI form)."""
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+
+    module, attr = name.split(":")
+    flow = getattr(importlib.import_module(module), attr)
+    properties = parameter_schema(flow.fn).model_dump()["properties"]
+    undocumented = [p for p, spec in properties.items() if not spec.get("description")]
+    assert not undocumented, f"{name}: parameters without a description: {undocumented}"
+
+
+def test_retrain_profiles_load_and_name_unset_variables(monkeypatch):
+    from flows.retrain import REQUIRED, load_profile
+
+    demo = load_profile("demo")
+    assert all(demo.get(k) for k in REQUIRED) and demo["synthetic"]["input"].startswith(str(ROOT))
+    assert set(demo["sources"]) == {"segmentation", "vqa", "edit"}
+    for var in ("SMARTEDIT_DATA", "SMARTEDIT_OUT", "SMARTEDIT_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"production.yaml: .* needs environment variable\(s\) \['SMARTEDIT_DATA'\]"):
+        load_profile("production")
+    for var in ("SMARTEDIT_DATA", "SMARTEDIT_OUT", "SMARTEDIT_MODELS"):
+        monkeypatch.setenv(var, f"/srv/{var.lower()}")
+    production = load_profile("production")
+    assert production["shards"] == "/srv/smartedit_out/shards" and production["preset"] == "7b"
+    assert production["synthetic"]["config"]["sam_checkpoint"].startswith("/srv/smartedit_models/")
+    with pytest.raises(FileNotFoundError, match="known profiles: \\['demo', 'production'\\]"):
+        load_profile("nightly")
