@@ -177,7 +177,7 @@ def yield_rows(yields: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any
         dropped = r.get("dropped", r["in"] - r["out"] if r.get("in") is not None and r.get("out") is not None else None)
         reasons = r.get("reasons") or r.get("dropped_by_reason") or {}
         rows.append({"stage": r["stage"], "in": r.get("in"), "out": r.get("out"), "dropped": dropped,
-                     "top drop reasons": ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:top])})
+                     "top drop reasons": ", ".join(f"{k} {v}" for k, v in sorted(((k, v) for k, v in reasons.items() if v), key=lambda kv: -kv[1])[:top])})
     return rows
 
 

@@ -226,3 +226,18 @@ def test_retrain_profiles_load_and_name_unset_variables(monkeypatch):
     assert production["synthetic"]["config"]["sam_checkpoint"].startswith("/srv/smartedit_models/")
     with pytest.raises(FileNotFoundError, match="known profiles: \\['demo', 'production'\\]"):
         load_profile("nightly")
+
+
+def test_yields_table_shows_in_out_dropped_and_top_reasons():
+    from flows.build_synthetic import yield_rows
+
+    rows = yield_rows([
+        {"stage": "scenarios", "in": 8, "out": 17, "dropped": 0, "dropped_by_reason": {}, "fan_out": True, "yield": None},
+        {"stage": "quality_filters", "in": 17, "out": 9, "dropped": 8,
+         "dropped_by_reason": {"clip_direction": 5, "background": 2, "too_small": 1, "other": 0}, "yield": 0.53},
+        {"stage": "mask_area", "in": 10, "out": 7, "yield": 0.7},   # a build that reports no reasons
+    ])
+    assert [(r["stage"], r["in"], r["out"], r["dropped"]) for r in rows] == [
+        ("scenarios", 8, 17, 0), ("quality_filters", 17, 9, 8), ("mask_area", 10, 7, 3)]
+    assert rows[1]["top drop reasons"] == "clip_direction 5, background 2, too_small 1"
+    assert all("%" not in str(v) for r in rows for v in r.values()), "no percentages (a fan-out stage has none)"
