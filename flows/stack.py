@@ -48,9 +48,12 @@ UI_URL = f"http://127.0.0.1:{PORT}"
 FILES_URL = f"http://127.0.0.1:{FILES_PORT}"
 WORK_POOLS = ("cpu", "gpu")
 # Flow runs emit a heartbeat event this often (Prefect's minimum is 30 s); the automation below marks a
-# run Crashed when none arrived for HEARTBEAT_GRACE seconds (a killed worker or machine).
+# run Crashed when none arrived for HEARTBEAT_GRACE seconds (a killed worker or machine). The grace leaves
+# room for late heartbeats: on a 2-core machine at load 13, a run busy importing torch delivered one 41 s
+# late, and a 45 s grace crashed that live run. The default 90 s leaves a minute of slack (a lost worker's
+# run is Crashed 60-95 s later); on a quiet machine SMARTEDIT_HEARTBEAT_GRACE=45 detects it within 50 s.
 HEARTBEAT_SECONDS = 30
-HEARTBEAT_GRACE = 45
+HEARTBEAT_GRACE = int(os.environ.get("SMARTEDIT_HEARTBEAT_GRACE", "90"))
 CRASH_AUTOMATION = "Mark runs Crashed when their heartbeat stops"
 
 
