@@ -163,7 +163,7 @@ def shards_flow(config_json: str, output: str, n_shards: int) -> list[dict[str, 
         results.append(future.result())
         pairs += results[-1]["nsamples"]
         update_progress_artifact(progress, progress=100.0 * done / max(n_shards, 1))
-        logger.info("build-synthetic: shards %d/%d, %d pairs built so far", done, n_shards, pairs)
+        logger.info("build-synthetic: shards %d/%d done, %d pairs in them so far", done, n_shards, pairs)
     return results
 
 

@@ -224,7 +224,7 @@ def retrain(
 
     create_table_artifact(key=artifact_key("retrain", "datasets"), table=selection.rows(),
                           description="retraining: manifests used for training and excluded (held-out splits)")
-    stage("datasets", "ran", f"{len(manifests)} training manifests; excluded {len(selection.excluded)}: "
+    stage("training splits", "ran", f"{len(manifests)} training manifests; excluded {len(selection.excluded)}: "
           + (", ".join(f"{r.name}" for r, _ in selection.excluded) or "none"))
     if not manifests:
         raise ValueError(f"retrain: no training-split manifests under {shards_dir}; convert the sources first")
