@@ -124,26 +124,35 @@ def manifest_snapshot(path: Path | str) -> str | None:
     return path.read_text() if path.exists() else None
 
 
+_VOLATILE_PROVENANCE = ("created", "flow_run_id", "code_version")
+
+
 def _comparable(index: dict[str, Any]) -> dict[str, Any]:
-    """A manifest without the fields every write refreshes (when, by which run, with which checkout)."""
-    prov = {k: v for k, v in (index.get("provenance") or {}).items() if k not in ("created", "flow_run_id", "code_version")}
-    return {**index, "provenance": prov}
+    """A manifest without what every write refreshes: when, by which run, with which checkout, and the
+    input fingerprint (file mtimes: rewriting identical inputs changes it, the data does not change)."""
+    prov = {k: v for k, v in (index.get("provenance") or {}).items() if k not in _VOLATILE_PROVENANCE}
+    return {**{k: v for k, v in index.items() if k != "input_fingerprint"}, "provenance": prov}
 
 
 def keep_if_unchanged(path: Path | str, before: str | None) -> bool:
-    """After a rerun rewrote the manifest at ``path``: when nothing but its timestamps/run id changed
-    (same shards, same hashes, same counts, same spec), put the earlier text back, so the provenance
-    keeps naming the run that built the data, and return True (nothing new: do not announce)."""
+    """After a rerun rewrote the manifest at ``path``: when its data did not change (same shards, hashes,
+    counts, spec), put the earlier provenance back (the run that built the data, when, with which code) so
+    the rerun rewrites nothing of it, and return True (nothing new: do not announce). A new input
+    fingerprint is kept, so that retraining knows the inputs were seen."""
     import json
 
     path = Path(path)
     if before is None or not path.exists():
         return False
-    if _comparable(json.loads(before)) != _comparable(json.loads(path.read_text())):
+    old, new = json.loads(before), json.loads(path.read_text())
+    if _comparable(old) != _comparable(new):
         return False
+    new["provenance"] = {**new.get("provenance", {}),
+                         **{k: v for k, v in (old.get("provenance") or {}).items() if k in _VOLATILE_PROVENANCE}}
+    text = before if new == old else json.dumps(new, indent=1, ensure_ascii=False)
     from pipeline.writer import atomic_write_text
 
-    atomic_write_text(path, before)
+    atomic_write_text(path, text)
     return True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,7 +156,18 @@ def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(
     assert len(built_events()) == 1
     assert convert_edit(sources=sources, output=str(out), shard_size=8, workers=1, runner="threads") == paths
     assert len(built_events()) == 1, "a rerun that changed nothing emits no shards.built"
-    assert {p: Path(p).read_text() for p in paths} == before, "provenance (run id, created) is kept"
+    assert {p: Path(p).read_text() for p in paths} == before, "the manifests are not rewritten"
+
+    # Inputs rewritten with the same content (as `make demo` does): new mtimes, same data. The provenance
+    # keeps naming the run that built the shards; only the recorded input fingerprint follows the files.
+    for parquet in (tmp_path / "samples" / "magicbrush").rglob("*.parquet"):
+        os.utime(parquet, ns=(parquet.stat().st_atime_ns, parquet.stat().st_mtime_ns + 10**9))
+    convert_edit(sources=sources, output=str(out), shard_size=8, workers=1, runner="threads")
+    assert len(built_events()) == 1
+    for p in paths:
+        old, new = json.loads(before[p]), json.loads(Path(p).read_text())
+        assert new["provenance"] == old["provenance"] and new["shardlist"] == old["shardlist"]
+        assert new["input_fingerprint"] != old["input_fingerprint"]
 
     # A lost shard is rebuilt: that rerun announces (and records its own run).
     lost = next(Path(paths[0]).parent.glob("*.tar"))
