@@ -184,7 +184,8 @@ class SplitSelection:
     def rows(self) -> list[dict[str, object]]:
         """One row per manifest for an artifact table: used or excluded, and why."""
         rows = [{"dataset": r.name, "source": r.source, "split": r.split or "-", "samples": r.nsamples,
-                 "training": "used", "why": "training split", "manifest": r.index_path} for r in self.used]
+                 "training": "used", "why": "training split" if r.split else "no split recorded (synthetic or hand-made): trains",
+                 "manifest": r.index_path} for r in self.used]
         rows += [{"dataset": r.name, "source": r.source, "split": r.split or "-", "samples": r.nsamples,
                   "training": "excluded", "why": why, "manifest": r.index_path} for r, why in self.excluded]
         return rows
