@@ -73,6 +73,8 @@ def stack(tmp_path_factory):
     exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stderr.splitlines()
                    if line.startswith("export "))
     env.update(exports)
+    # what the stack gives its workers: the picture server's URL and folder (flows.common.image_url)
+    env.update(SMARTEDIT_FILES_URL=f"http://127.0.0.1:{port + 1}", SMARTEDIT_FILES_ROOT=str(base / "files"))
     try:
         yield {"env": env, "port": port, "files": base / "files", "state": base / "state",
                "api": exports["PREFECT_API_URL"], "ui": f"http://127.0.0.1:{port}"}
