@@ -7,19 +7,23 @@ a GPU hold a slot of the global concurrency limit ``gpu``; with ``strict=False``
 warns and runs when that limit does not exist (as under the test harness), the local stack creates it.
 
     prefect deployment run build-synthetic/build-synthetic \
-        -p input=/data/samples -p output=/data/shards/synthetic -p scenarios='{"left_right": 50}'
+        -p input=/data/samples -p output=/data/shards/synthetic -p config='{"scenarios": {"left_right": 50}}'
+
+``config`` is the `SyntheticConfig` itself (a pydantic model: Prefect validates it and shows its fields), so the
+flow declares none of its fields again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from flows.common import (RunnerKind, artifact_key, gpu_slot, image_artifact, is_io_error, keep_if_unchanged,
                           make_task_runner, manifest_snapshot, publish_manifests)
+from pipeline.synthetic.config import SyntheticConfig
 
 
 @task(task_run_name="plan")
@@ -67,19 +71,8 @@ def build_synthetic(
     images: str | None = None,
     splits: list[str] | None = None,
     scenes: str | None = None,
-    scenarios: dict[str, int] | None = None,
-    operations: list[str] | None = None,
-    sam_checkpoint: str | None = None,
-    sam_type: str = "vit_h",
-    inpaint_dir: str | None = None,
-    clip_dir: str | None = None,
-    llm_dir: str | None = None,
-    device: str = "cpu",
-    batch_size: int = 4,
-    seed: int = 0,
-    eval_sets: list[str] | None = None,
-    shard_size: int = 64,
-    options: dict[str, Any] | None = None,
+    config: SyntheticConfig | None = None,
+    preset: Literal["tiny", "sd15"] | None = None,
     workers: int = 1,
     runner: RunnerKind = "threads",
     announce: bool = True,
@@ -93,35 +86,22 @@ def build_synthetic(
         images: The COCO image directory when `input` is an instances JSON.
         splits: Splits of converted referring shards to build from (default: all given).
         scenes: A scenes.json with mirror regions (mirror scenario).
-        scenarios: Pairs to build per Reason-Edit scenario, e.g. {"left_right": 50, "reasoning": 50}.
-        operations: Edit operations to draw from (replace, remove, recolour); default: all available.
-        sam_checkpoint: A SAM checkpoint file (official .pth) for masks; default: annotation masks.
-        sam_type: SAM architecture of the checkpoint (vit_h, vit_l, vit_b).
-        inpaint_dir: A local diffusers inpainting pipeline dir; default: the CPU editor.
-        clip_dir: A local CLIP dir for the CLIP-direction quality filter.
-        llm_dir: A local causal-LM dir that paraphrases instructions.
-        device: "cpu" or "cuda" (a GPU build holds one `gpu` concurrency slot per shard task).
-        batch_size: Images per inpainting batch.
-        seed: Seed of every random choice (the build is deterministic given input, seed and config).
-        eval_sets: Evaluation directories (Reason-Edit, MagicBrush test) whose images must not leak into the pairs.
-        shard_size: Pairs per output shard (one Prefect task per shard).
-        options: Any other SyntheticConfig field (thresholds, inpainting steps and resolution, ...).
+        config: The build's SyntheticConfig (scenarios, models, thresholds, ...; a mapping of its fields).
+        preset: Start from SyntheticConfig.preset (tiny, sd15) with the fields given in `config` on top.
         workers: Parallel shard tasks.
         runner: Task runner: threads, process or dask.
         announce: Emit `shards.built` when the build changed something (starts the `train` trigger);
             False when a calling flow trains itself.
     """
     from pipeline.synthetic.build import BuildInputs
-    from pipeline.synthetic.config import SyntheticConfig
 
     logger = get_run_logger()
-    fields = {"scenarios": scenarios, "operations": operations, "sam_checkpoint": sam_checkpoint, "sam_type": sam_type,
-              "inpaint_dir": inpaint_dir, "clip_dir": clip_dir, "llm_dir": llm_dir, "device": device,
-              "batch_size": batch_size, "seed": seed, "eval_sets": eval_sets, "shard_size": shard_size}
-    cfg = SyntheticConfig(**{k: v for k, v in fields.items() if v is not None}, **(options or {}))
+    cfg = config or SyntheticConfig()
+    if preset is not None:
+        cfg = SyntheticConfig.preset(preset, **cfg.model_dump(exclude_unset=True))
     inputs = BuildInputs(input=input, images=images, splits=splits or [], scenes=scenes)
-    _check_inputs(input=input, images=images, scenes=scenes, sam_checkpoint=sam_checkpoint, inpaint_dir=inpaint_dir,
-                  clip_dir=clip_dir, llm_dir=llm_dir)  # before anything is created: bad input fails at once
+    _check_inputs(input=input, images=images, scenes=scenes, **{name: getattr(cfg, name, None) for name in (
+        "sam_checkpoint", "inpaint_dir", "clip_dir", "llm_dir")})  # before anything is created: bad input fails at once
     config_json, inputs_json = cfg.model_dump_json(), inputs.model_dump_json()
     Path(output).mkdir(parents=True, exist_ok=True)
 

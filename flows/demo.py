@@ -77,7 +77,7 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
         log.info(f"removing the previous synthetic build {synthetic} (the demo rebuilds it to show the trigger)")
         shutil.rmtree(synthetic)
     started = run("build-synthetic/build-synthetic",
-                  {"input": str(samples), "output": str(synthetic), **synthetic_parameters(samples)})
+                  {"input": str(samples), "output": str(synthetic), "config": synthetic_parameters(samples)})
     if wait_for_triggered is not None:
         state = wait_for_triggered("train/train", started["started"])
         log.info(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")

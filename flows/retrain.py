@@ -60,6 +60,7 @@ class SyntheticParams(BaseModel):
     """The build-synthetic step: its input (sample-data dir or COCO-format root) and build config fields."""
 
     input: str
+    images: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -206,8 +207,8 @@ def retrain(
     if synthetic is not None:
         from flows.build_synthetic import build_synthetic
 
-        built = build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False,
-                                **synthetic.config)
+        built = build_synthetic(input=synthetic.input, images=synthetic.images, output=str(shards_dir / "synthetic"),
+                                announce=False, config=synthetic.config)
         stage("build-synthetic", "ran", f"{built['kept']} pairs kept, {built['rejected']} dropped"
               + (" (unchanged: every shard resumed)" if built.get("unchanged") else ""))
     else:

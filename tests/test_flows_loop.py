@@ -196,7 +196,7 @@ def test_a_missing_checkpoint_fails_before_anything_is_created(prefect_harness, 
 
     out = tmp_path / "synthetic"
     with pytest.raises(FileNotFoundError, match="'sam_checkpoint' is .* which does not exist"):
-        build_synthetic(input=str(tmp_path), output=str(out), sam_checkpoint=str(tmp_path / "sam_vit_h.pth"))
+        build_synthetic(input=str(tmp_path), output=str(out), config={"sam_checkpoint": str(tmp_path / "sam_vit_h.pth")})
     assert not out.exists()
     manifests = [str(p) for p in write_stage2_datasets(tmp_path / "shards", n=2)]
     with pytest.raises(FileNotFoundError, match="'init_from' is .* which does not exist"):
@@ -235,6 +235,11 @@ def test_retrain_profiles_load_and_name_unset_variables(monkeypatch):
         monkeypatch.setenv(var, f"/srv/{var.lower()}")
     production = load_profile("production")
     assert production["shards"] == "/srv/smartedit_out/shards" and production["preset"] == "7b"
+    from flows.retrain import SyntheticParams
+    from pipeline.synthetic.config import SyntheticConfig
+
+    for profile in (demo, production):  # the synthetic step's config is a valid SyntheticConfig
+        SyntheticConfig.model_validate(SyntheticParams.model_validate(profile["synthetic"]).config)
     assert production["synthetic"]["config"]["sam_checkpoint"].startswith("/srv/smartedit_models/")
     with pytest.raises(FileNotFoundError, match="known profiles: \\['demo', 'production'\\]"):
         load_profile("nightly")
