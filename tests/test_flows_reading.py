@@ -71,7 +71,7 @@ def test_readme_reading_example_runs_as_written(tmp_path, monkeypatch):
 def test_shards_verify_json(tmp_path, capsys):
     import json
 
-    from pipeline.cli import main
+    from smartedit_cli.main import main
     from test_shards import build
 
     build(tmp_path / "a", n=4)
