@@ -23,11 +23,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from data_specs import spec_path
 from flows.common import artifact_key, markdown
 from flows.convert import EDIT, SEGMENTATION, VQA, SourceParams
 
 GROUPS = {"segmentation": SEGMENTATION, "vqa": VQA, "edit": EDIT}
-PROFILES = Path(__file__).resolve().parents[1] / "data_specs" / "profiles"
+PROFILES = spec_path("profiles")
 REQUIRED = ("sources", "shards", "runs", "registry", "benchmark")
 
 
@@ -38,7 +39,7 @@ def load_profile(name: str) -> dict[str, Any]:
     if not path.exists():
         known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
         raise FileNotFoundError(f"retrain: profile {name!r}: no {path}; known profiles: {known}")
-    env = {"SMARTEDIT_ROOT": str(PROFILES.parents[1]), **os.environ}
+    env = {"SMARTEDIT_ROOT": str(Path(__file__).resolve().parents[1]), **os.environ}
 
     def fill(value: Any) -> Any:
         if isinstance(value, str):

@@ -9,8 +9,6 @@ so the stream position saved in a checkpoint is just the next draw index.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +20,10 @@ from PIL import Image
 
 from model.mixture import Draw, Mixture, MixtureSampler
 from model.overlay import OverlayTemplates, labelmap_edit, load_templates, reasoning_edit, referring_edit
+from pipeline.shards import IMAGE_EXTENSIONS, decode_sample, image_member, open_indexed
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-#: single-channel members: decoded without RGB conversion.
-MASK_MEMBERS = ("mask.png", "ignore.png", "seg.png")
 MAX_ATTEMPTS = 8
 
 
@@ -56,34 +52,22 @@ class SampleError(ValueError):
 
 
 def decode_members(raw: dict[str, Any]) -> dict[str, Any]:
-    """wids sample ({'.jpg': BytesIO, '.json': ..., '__key__': ...}) → {'json': dict, 'jpg': RGB PIL, 'mask.png': (H, W) uint8}."""
-    out: dict[str, Any] = {"__key__": raw.get("__key__", "?")}
-    for name, value in raw.items():
-        if name.startswith("__"):
-            continue
-        ext = name.lstrip(".")
-        data = value.read() if hasattr(value, "read") else value
-        if ext == "json":
-            out["json"] = json.loads(data)
-        elif ext in MASK_MEMBERS:
-            arr = np.array(Image.open(io.BytesIO(data)))
-            if arr.ndim != 2:
-                raise SampleError(f"sample {out['__key__']}: member {ext} must be single-channel, got shape {arr.shape}")
-            out[ext] = arr
-        elif ext.rsplit(".", 1)[-1] in IMAGE_EXTS:
-            out[ext] = Image.open(io.BytesIO(data)).convert("RGB")
-        else:
-            out[ext] = data
-    if "json" not in out:
-        raise SampleError(f"sample {out['__key__']}: no json member")
-    return out
+    """wids sample ({'.jpg': BytesIO, '.json': ..., '__key__': ...}) → {'json': dict, 'jpg': RGB PIL, 'mask.png': (H, W) uint8}.
+
+    Decoding is the shard contract's (`pipeline.shards.decode_sample`): images as displayed (EXIF
+    orientation applied, as the converters' masks and sizes assume), masks single-channel and untouched.
+    """
+    try:
+        return decode_sample(raw)
+    except ValueError as err:
+        raise SampleError(str(err)) from None
 
 
 def _image(sample: dict[str, Any], prefix: str = "") -> Image.Image:
-    for ext in IMAGE_EXTS:
-        if prefix + ext in sample:
-            return sample[prefix + ext]
-    raise SampleError(f"sample {sample['__key__']}: no {prefix or ''}image member ({', '.join(prefix + e for e in IMAGE_EXTS)})")
+    name = image_member(sample, prefix)
+    if name is None:
+        raise SampleError(f"sample {sample['__key__']}: no {prefix or ''}image member ({', '.join(prefix + e for e in IMAGE_EXTENSIONS)})")
+    return sample[name]
 
 
 def square_resize(image: Image.Image, size: int, resample: int = Image.Resampling.BICUBIC) -> Image.Image:
@@ -167,12 +151,7 @@ class MixtureDataset:
 
     def _reader(self, dataset: int):
         if dataset not in self._readers:
-            import wids
-
-            ref = self.mixture.datasets[dataset]
-            # localname=identity: read local shards in place (wids otherwise copies them into a cache dir).
-            self._readers[dataset] = wids.ShardListDataset(ref.index_path, localname=lambda url: url,
-                                                           transformations=[lambda s: s])
+            self._readers[dataset] = open_indexed(self.mixture.datasets[dataset].index_path)
         return self._readers[dataset]
 
     def read(self, draw: Draw) -> dict[str, Any]:

@@ -32,13 +32,14 @@ from typing import Any, Literal
 
 import yaml
 
+from data_specs import spec_path
 from model.config import canonical_preset, validate_fields
 from model.config_args import add_config_arguments, given_overrides
 
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Scheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
 
-DEFAULT_MIXTURE = str(Path(__file__).resolve().parents[1] / "data_specs" / "mixture.yaml")
+DEFAULT_MIXTURE = str(spec_path("mixture.yaml"))
 
 
 @dataclass

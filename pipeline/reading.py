@@ -1,97 +1,46 @@
-"""Reading shards back: a decoder that knows each kind's members (data_specs/schemas.yaml).
+"""Reading shards back, for users: decode each member by what the schema says it is.
 
 Every member of our shards is a PNG or JPEG, so a generic decoder cannot tell images from masks:
-webdataset's ``decode("pil")`` turns every PNG into RGB (masks and label maps lose their values) and
-``decode("l")`` would turn source/target images grey. Here the sample's own ``json.kind`` picks the
-schema: members the schema declares as images (``image``, ``src.image``, ``tgt.image``) decode to RGB
-PIL images; every other PNG member (``mask.png``, ``seg.png``, ``ignore.png``) to a single-channel
-PIL image (mode ``L``) with its stored values unchanged; ``json`` to a dict.
+webdataset's ``decode("pil")`` turns masks and label maps RGB (their values are lost) and ``decode("l")``
+turns source/target images grey. `decode_sample` (the shard contract's, `pipeline.shards`) decodes the
+members data_specs/schemas.yaml declares as masks (``mask.png``, ``seg.png``, ``ignore.png``) to
+single-channel ``(H, W) uint8`` arrays with their values unchanged, every other image member
+(``png``, ``jpg``, ``src.png``, ``tgt.png``) to an RGB PIL image, ``json`` to a dict. It takes webdataset
+samples (members as bytes) and wids items (``.ext`` keys, file objects) alike.
 
     import webdataset as wds
     from pipeline.reading import decode_sample, shard_urls
 
     for sample in wds.WebDataset(shard_urls("shards/magicbrush/train"), shardshuffle=False).map(decode_sample):
-        sample["src.png"], sample["mask.png"], sample["json"]["instruction"]   # RGB, L, str
+        sample["src.png"], sample["mask.png"], sample["json"]["instruction"]   # RGB image, (H, W) uint8, str
 
-The same function decodes a ``wids.ShardListDataset`` item (members as file objects).
+This module adds only what a reader needs beside the contract: shard paths as webdataset urls, and
+the two readers set up with the decoder.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from PIL import Image
+from pipeline.shards import decode_member, decode_sample, index_path, iter_samples, shard_paths
 
-from pipeline.manifest import index_path, load_manifest
-from pipeline.schema import load_schemas
-
-
-class DecodeError(ValueError):
-    """A member that cannot be decoded as its kind declares (the message names the sample and the member)."""
-
-
-def _bytes(value: Any) -> bytes:
-    if hasattr(value, "read"):
-        if hasattr(value, "seek"):
-            value.seek(0)
-        return value.read()
-    return value
-
-
-def image_members(kind: str) -> frozenset[str]:
-    """The member names ``kind`` declares as images (decoded RGB), expanded over the image extensions."""
-    schemas = load_schemas()
-    if kind not in schemas:
-        raise DecodeError(f"json.kind {kind!r} is not in data_specs/schemas.yaml; known kinds: {sorted(schemas)}")
-    schema = schemas[kind]
-    return frozenset(m for member in schema.required + schema.optional for m in schema._expand(member)
-                     if member == "image" or member.endswith(".image"))
-
-
-def decode_member(name: str, data: bytes, kind: str) -> Any:
-    """One member by its kind: images → RGB, other PNGs → single-channel (values kept), json → dict."""
-    if name == "json":
-        return json.loads(data)
-    if name in image_members(kind):
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    if name.endswith(".png"):
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        if image.mode in ("L", "P", "1", "I", "I;16"):
-            # P: a palette PNG's indices are the label values; converting through the palette would change them.
-            return image if image.mode == "L" else Image.fromarray(np.asarray(image).astype(np.uint8))
-        raise DecodeError(f"member {name} is a {image.mode} PNG; masks and label maps must be single-channel")
-    return data
-
-
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A raw sample (webdataset: ``{'__key__', 'json': bytes, 'src.png': bytes, ...}``; wids: ``'.json'`` keys
-    with file objects) → the same keys without leading dots, each member decoded by the sample's kind."""
-    raw = {name.lstrip("."): value for name, value in sample.items()}
-    key = raw.get("__key__", "?")
-    if "json" not in raw:
-        raise DecodeError(f"sample {key}: no json member (is this a SmartEdit shard?)")
-    meta = json.loads(_bytes(raw["json"]))
-    kind = meta.get("kind")
-    out: dict[str, Any] = {"__key__": key, "json": meta}
-    for name, value in raw.items():
-        if name.startswith("__"):
-            out[name] = value
-            continue
-        if name == "json":
-            continue
-        try:
-            out[name] = decode_member(name, _bytes(value), kind)
-        except DecodeError as err:
-            raise DecodeError(f"sample {key}: {err}") from None
-    return out
+__all__ = ["decode_member", "decode_sample", "iter_samples", "shard_urls", "webdataset_reader", "wids_reader"]
 
 
 def shard_urls(dataset: Path | str) -> list[str]:
     """The shard files of a dataset (its directory or shardindex.json), in manifest order, as local paths."""
-    path = index_path(dataset)
-    return [str(path.parent / entry["url"]) for entry in load_manifest(path)["shardlist"]]
+    return [str(p) for p in shard_paths(dataset)]
+
+
+def webdataset_reader(dataset: Path | str):
+    """A `webdataset.WebDataset` over the dataset's shards in order, yielding decoded samples."""
+    import webdataset as wds
+
+    return wds.WebDataset(shard_urls(dataset), shardshuffle=False).map(decode_sample)
+
+
+def wids_reader(dataset: Path | str):
+    """A `wids.ShardListDataset` (random access by index) over the dataset, reading local shards in place."""
+    import wids
+
+    return wids.ShardListDataset(str(index_path(dataset)), localname=lambda url: url, transformations=[decode_sample])

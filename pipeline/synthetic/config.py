@@ -10,15 +10,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.vocabulary import SCENARIO_FOLDERS
+
 Scenario = Literal["left_right", "relative_size", "colour", "mirror", "multiple_objects", "reasoning"]
 Operation = Literal["replace", "remove", "recolour"]
 SCENARIOS: tuple[str, ...] = ("left_right", "relative_size", "colour", "mirror", "multiple_objects", "reasoning")
 OPERATIONS: tuple[str, ...] = ("replace", "remove", "recolour")
 # Reason-Edit's folder names for the same categories (data card, exports).
-REASON_EDIT_FOLDERS = {
-    "left_right": "1-Left-Right", "relative_size": "2-Relative-Size", "mirror": "3-Mirror",
-    "colour": "4-Color", "multiple_objects": "5-Multiple-Objects", "reasoning": "6-Reasoning",
-}
+REASON_EDIT_FOLDERS = SCENARIO_FOLDERS
 
 
 class SamArch(BaseModel):
