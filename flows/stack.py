@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         {"start": start, "stop": stop, "status": status, "demo": demo}[args.command]()
-    except StackError as err:
+    except (StackError, RuntimeError) as err:  # one line for the user, not a traceback
         log.error("error: %s", err)
         return 1
     if args.command == "start":
