@@ -150,14 +150,21 @@ def shards_flow(config_json: str, output: str, n_shards: int) -> list[dict[str, 
 def yield_rows(yields: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
     """The yields table as the build reports it: in, out, dropped and the top drop reasons per stage.
 
-    Only renders what the build's ``yields`` provide (``dropped`` and ``reasons``/``dropped_by_reason``
-    when present; ``dropped`` = in − out otherwise); no percentage that could exceed 100 %."""
+    Only renders what the build's ``yields`` provide (``dropped`` and ``dropped_by_reason``/``reasons``
+    when present; otherwise in − out). A fan-out stage (more out than in: one scene → several pairs)
+    drops nothing it can count and is marked so; no percentage, which could exceed 100 %."""
     rows = []
     for r in yields:
-        dropped = r.get("dropped", r["in"] - r["out"] if r.get("in") is not None and r.get("out") is not None else None)
-        reasons = r.get("reasons") or r.get("dropped_by_reason") or {}
-        rows.append({"stage": r["stage"], "in": r.get("in"), "out": r.get("out"), "dropped": dropped,
-                     "top drop reasons": ", ".join(f"{k} {v}" for k, v in sorted(((k, v) for k, v in reasons.items() if v), key=lambda kv: -kv[1])[:top])})
+        n_in, n_out = r.get("in"), r.get("out")
+        fan_out = bool(r.get("fan_out")) or (n_in is not None and n_out is not None and n_out > n_in)
+        dropped = r.get("dropped")
+        if dropped is None and n_in is not None and n_out is not None and not fan_out:
+            dropped = n_in - n_out
+        reasons = r.get("dropped_by_reason") or r.get("reasons") or {}
+        top_reasons = sorted(((k, v) for k, v in reasons.items() if v), key=lambda kv: -kv[1])[:top]
+        rows.append({"stage": r["stage"] + (" (fan-out)" if fan_out else ""), "in": n_in, "out": n_out,
+                     "dropped": "" if dropped is None else dropped,
+                     "top drop reasons": ", ".join(f"{k} {v}" for k, v in top_reasons)})
     return rows
 
 

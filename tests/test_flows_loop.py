@@ -252,9 +252,11 @@ def test_yields_table_shows_in_out_dropped_and_top_reasons():
         {"stage": "scenarios", "in": 8, "out": 17, "dropped": 0, "dropped_by_reason": {}, "fan_out": True, "yield": None},
         {"stage": "quality_filters", "in": 17, "out": 9, "dropped": 8,
          "dropped_by_reason": {"clip_direction": 5, "background": 2, "too_small": 1, "other": 0}, "yield": 0.53},
-        {"stage": "mask_area", "in": 10, "out": 7, "yield": 0.7},   # a build that reports no reasons
+        {"stage": "mask_area", "in": 10, "out": 7, "yield": 0.7},        # a build that reports no reasons
+        {"stage": "scenario_selection", "in": 32, "out": 68, "yield": 2.125},  # an older build's fan-out row
     ])
     assert [(r["stage"], r["in"], r["out"], r["dropped"]) for r in rows] == [
-        ("scenarios", 8, 17, 0), ("quality_filters", 17, 9, 8), ("mask_area", 10, 7, 3)]
+        ("scenarios (fan-out)", 8, 17, 0), ("quality_filters", 17, 9, 8), ("mask_area", 10, 7, 3),
+        ("scenario_selection (fan-out)", 32, 68, "")]
     assert rows[1]["top drop reasons"] == "clip_direction 5, background 2, too_small 1"
     assert all("%" not in str(v) for r in rows for v in r.values()), "no percentages (a fan-out stage has none)"
