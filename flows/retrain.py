@@ -208,8 +208,11 @@ def retrain(
     if synthetic is not None:
         from flows.build_synthetic import build_synthetic
 
+        # The benchmark this retrain evaluates on is always kept out of the synthetic sources (leakage guard).
+        config = dict(synthetic.config)
+        config["eval_sets"] = list(dict.fromkeys([*config.get("eval_sets", []), benchmark]))
         built = build_synthetic(input=synthetic.input, images=synthetic.images, output=str(shards_dir / "synthetic"),
-                                announce=False, config=synthetic.config)
+                                announce=False, config=config)
         stage("build-synthetic", "ran", f"{built['kept']} pairs kept, {built['rejected']} dropped"
               + (" (unchanged: every shard resumed)" if built.get("unchanged") else ""))
     else:

@@ -10,7 +10,6 @@ so the stream position saved in a checkpoint is just the next draw index.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,6 @@ from model.overlay import OverlayTemplates, labelmap_edit, load_templates, reaso
 from pipeline.shards import IMAGE_EXTENSIONS, decode_sample, image_member, open_indexed
 
 log = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 8
 
 
 @dataclass
@@ -134,8 +131,7 @@ class MixtureDataset:
 
     featurize: TrainExample → dict of tensors (the model's processor, adapted in the recipe).
     Readers (wids) open lazily in each process, so the dataset pickles into DataLoader workers.
-    A sample that fails to decode or render is logged (rate-limited) and replaced by a re-draw keyed
-    on the attempt number, so the stream stays deterministic.
+    A sample that fails to decode or render raises `SampleError` (see ``example``).
     """
 
     def __init__(self, mixture: Mixture, featurize: Callable[[TrainExample], dict[str, Any]], *, rank: int = 0,
@@ -146,8 +142,6 @@ class MixtureDataset:
         self.resolution = resolution
         self.templates = templates or load_templates()
         self._readers: dict[int, Any] = {}
-        self._last_warning = 0.0
-        self.errors = 0
 
     def _reader(self, dataset: int):
         if dataset not in self._readers:
@@ -158,19 +152,18 @@ class MixtureDataset:
         return decode_members(self._reader(draw.dataset)[draw.sample])
 
     def example(self, index: int) -> TrainExample:
-        for attempt in range(MAX_ATTEMPTS):
-            draw = self.sampler.draw(index, attempt)
-            try:
-                return render_example(self.read(draw), np.random.default_rng(draw.render_seed),
-                                      resolution=self.resolution, templates=self.templates)
-            except (SampleError, KeyError, OSError, ValueError) as err:
-                self.errors += 1
-                if time.monotonic() - self._last_warning > 10:
-                    self._last_warning = time.monotonic()
-                    ref = self.mixture.datasets[draw.dataset]
-                    log.warning("draw %d: sample %d of %s unusable (%s); re-drawing (%d errors so far)",
-                                index, draw.sample, ref.index_path, err, self.errors)
-        raise RuntimeError(f"draw {index}: {MAX_ATTEMPTS} consecutive unusable samples; check the shards with `smartedit shards verify`")
+        """Draw ``index`` rendered. A sample that cannot be read or rendered is an error naming the draw, the
+        dataset, the sample and the reason, never a silent re-draw: the writer validated every sample, so a bad
+        one is a damaged shard or a bug, and training on a substitute would hide it."""
+        draw = self.sampler.draw(index)
+        ref = self.mixture.datasets[draw.dataset]
+        try:
+            return render_example(self.read(draw), np.random.default_rng(draw.render_seed),
+                                  resolution=self.resolution, templates=self.templates)
+        except (SampleError, OSError, KeyError) as err:
+            reason = f"json has no field {err}" if isinstance(err, KeyError) else str(err)
+            raise SampleError(f"draw {index}: sample {draw.sample} of {ref.index_path} is unusable: {reason}; "
+                              f"check the shards with `smartedit shards verify` and rebuild the dataset") from err
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.featurize(self.example(index))

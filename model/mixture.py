@@ -323,9 +323,9 @@ class MixtureSampler:
             sizes = np.array([d.nsamples for d in leaf.datasets], dtype=np.float64)
             self._data_p.append(sizes / sizes.sum())
 
-    def draw(self, draw_index: int, attempt: int = 0) -> Draw:
-        """Draw ``draw_index`` of this rank; ``attempt`` > 0 re-draws (replacing an unusable sample)."""
-        key = [self.seed, self.rank, draw_index] + ([attempt] if attempt else [])
+    def draw(self, draw_index: int) -> Draw:
+        """Draw ``draw_index`` of this rank."""
+        key = [self.seed, self.rank, draw_index]
         rng = np.random.default_rng(key)
         li = int(rng.choice(len(self._leaf_p), p=self._leaf_p))
         leaf = self.mixture.leaves[li]
