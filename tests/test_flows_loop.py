@@ -133,18 +133,17 @@ def test_no_evaluation_split_reaches_a_training_batch(tmp_path):
     assert not [k for k in keys if k.startswith("heldout-")]
 
 
-def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(prefect_harness, tmp_path, monkeypatch):
+def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(prefect_harness, tmp_path, monkeypatch,
+                                                                              samples_copy):
     from prefect.events.clients import AssertingEventsClient
     from prefect.events.worker import EventsWorker
 
     from flows.convert import convert_edit
     from flows.demo import sample_sources
-    from pipeline.samples import make_samples
 
     worker = EventsWorker.instance(AssertingEventsClient)
     monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    make_samples(tmp_path / "samples", seed=0)
-    sources = [s for s in sample_sources(tmp_path / "samples")["edit"] if s["source"] == "magicbrush"]
+    sources = [s for s in sample_sources(samples_copy.root)["edit"] if s["source"] == "magicbrush"]
     out = tmp_path / "shards"
 
     def built_events():
@@ -160,7 +159,7 @@ def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(
 
     # Inputs rewritten with the same content (as `make demo` does): new mtimes, same data. The provenance
     # keeps naming the run that built the shards; only the recorded input fingerprint follows the files.
-    for parquet in (tmp_path / "samples" / "magicbrush").rglob("*.parquet"):
+    for parquet in (samples_copy.root / "magicbrush").rglob("*.parquet"):  # a private copy: files are touched
         os.utime(parquet, ns=(parquet.stat().st_atime_ns, parquet.stat().st_mtime_ns + 10**9))
     convert_edit(sources=sources, output=str(out), shard_size=8, workers=1, runner="threads")
     assert len(built_events()) == 1
