@@ -216,3 +216,28 @@ def test_foreign_or_missing_manifest_is_a_problem_not_a_crash(tmp_path, ds):
     index["__kind__"] = "other"
     _save_index(ds, index)
     _only_problem(ds, "field '__kind__'")
+
+
+def test_rejects_file_edited_in_place_is_caught_by_its_hash(ds):
+    lines = (ds / REJECTS_NAME).read_text().splitlines()
+    edited = [json.dumps({**json.loads(lines[0]), "detail": "edited"}, sort_keys=True)] + lines[1:]
+    (ds / REJECTS_NAME).write_text("\n".join(edited) + "\n")  # same line count, same reasons
+    _only_problem(ds, "rejects.jsonl: sha256 differs from the manifest's rejects_sha256")
+
+
+def test_reasons_in_the_index_must_match_the_rejects_file(ds):
+    index = _index(ds)
+    index["counts"]["rejected_by_reason"] = {"empty_text": 2, "image_missing": 1}
+    _save_index(ds, index)
+    _only_problem(ds, "counts.rejected_by_reason")
+
+
+def test_a_shard_the_index_does_not_list(ds):
+    (ds / "c.tar").write_bytes((ds / "b.tar").read_bytes())
+    _only_problem(ds, "c.tar: a shard in the dataset directory that shardindex.json does not list")
+
+
+def test_json_member_must_be_an_object(ds):
+    members = _members(ds, "b.tar")
+    _rewrite_tar(ds, "b.tar", [members[0], (members[1][0], b"[1, 2]")])
+    _has_problem(ds, "json member is not an object")
