@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +12,16 @@ from flows.demo import sample_sources
 
 
 @pytest.fixture(scope="module")
-def samples(samples_seed0):
-    return samples_seed0.root
+def samples(samples_seed0, tmp_path_factory):
+    """A private copy of the session's sample set: the test touches an input file's mtime."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("retrain") / "samples"
+    shutil.copytree(samples_seed0.root, root)
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    return root
 
 
 def _params(samples, tmp_path):
@@ -44,7 +53,11 @@ def test_retrain_promotes_first_then_skips_unchanged_sources_and_gates(prefect_h
     assert stages["convert-segmentation"] == stages["convert-vqa"] == "skipped"  # no sources given: logged, listed
     assert stages["convert-edit"] == stages["build-synthetic"] == stages["train"] == "ran"
     assert first["promoted"] and first["reasons"] == ["no champion yet"]
-    assert {"instructpix2pix", "magicbrush"} and first["skipped"] == []
+    assert {Path(p).parent.parent.name for p in first["converted"]} == {"instructpix2pix", "magicbrush"}
+    assert first["skipped"] == []
+    assert first["candidate"]["protocol"] == "corrected"  # the gate compares corrected-protocol figures
+    eval_config = json.loads(next((tmp_path / "runs").glob("candidate-*/eval/report.json")).read_text())["config"]
+    assert eval_config["protocol"] == "corrected"
     registry = json.loads((tmp_path / "registry.json").read_text())
     champion = registry["champion"]
     assert champion["pipeline"] == first["candidate"]["pipeline"]
@@ -56,6 +69,9 @@ def test_retrain_promotes_first_then_skips_unchanged_sources_and_gates(prefect_h
     # Nothing new: both sources are skipped; a strict gate (zero tolerance) decides against any regression.
     second = retrain(**params, tolerances={"understanding.psnr": 0.0, "reasoning.psnr": 0.0})
     assert sorted(second["skipped"]) == ["instructpix2pix", "magicbrush"] and second["converted"] == []
+    # the candidate trains from the champion's checkpoint, not from scratch
+    train_stage = next(s for s in second["stages"] if s["stage"] == "train")
+    assert f"from champion {first['candidate']['checkpoint']}" in train_stage["detail"]
     registry = json.loads((tmp_path / "registry.json").read_text())
     assert len(registry["history"]) == 2
     cand, champ = second["candidate"]["metrics"], first["candidate"]["metrics"]
