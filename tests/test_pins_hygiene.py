@@ -11,7 +11,7 @@ OWN = ("pipeline", "model", "flows", "smartedit_cli", "bench")
 
 def test_no_importorskip_of_the_projects_own_modules():
     offenders = []
-    for path in sorted(TESTS.glob("*.py")):
+    for path in sorted(p for p in TESTS.glob("*.py") if p.name != Path(__file__).name):
         for match in re.finditer(r"importorskip\(\s*[\"']([\w.]+)[\"']", path.read_text(encoding="utf-8")):
             if match.group(1).split(".")[0] in OWN:
                 offenders.append(f"{path.name}: importorskip({match.group(1)!r})")
