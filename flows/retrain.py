@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -63,9 +63,10 @@ def retrain(
     registry: str,
     benchmark: str,
     synthetic: SyntheticParams | None = None,
+    model: Literal["smartedit", "mgie"] = "smartedit",
     preset: str = "tiny",
     steps: int | None = None,
-    model: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
     training_overrides: dict[str, Any] | None = None,
     seeds: list[int] = [0],  # noqa: B006 - a JSON parameter, never mutated
     num_inference_steps: int | None = None,
@@ -113,9 +114,11 @@ def retrain(
     reg = ChampionRegistry(registry)
     champion = reg.champion
     manifests = [str(p) for p in find_manifests(shards_dir)]
-    summary = train(preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"), steps=steps,
-                    resume=None, init_from=champion["checkpoint"] if champion else None,
-                    allow_missing_sources=True, model=model, overrides=training_overrides)
+    # A champion of the other model cannot initialise this one (different trainable sets): train from scratch then.
+    same_model = champion is not None and champion.get("model", "smartedit") == model
+    summary = train(model=model, preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"),
+                    steps=steps, resume=None, init_from=champion["checkpoint"] if same_model else None,
+                    allow_missing_sources=True, model_overrides=model_overrides, overrides=training_overrides)
 
     # 4. evaluate candidate (and the champion, when its metrics on this benchmark are not recorded)
     def metrics_of(pipeline_dir: str, out_dir: Path) -> dict[str, float | None]:
@@ -138,7 +141,7 @@ def retrain(
     policy = PromotionPolicy(tolerances=tolerances) if tolerances else PromotionPolicy()
     decision = decide(candidate_metrics, champion_metrics, policy)
     entry = {
-        "pipeline": summary["pipeline_dir"], "checkpoint": summary["checkpoint"], "metrics": candidate_metrics,
+        "model": model, "pipeline": summary["pipeline_dir"], "checkpoint": summary["checkpoint"], "metrics": candidate_metrics,
         "benchmark": benchmark, "protocol": "corrected", "manifests": manifest_hashes(manifests),
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
     }

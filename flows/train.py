@@ -8,6 +8,7 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
     prefect deployment run train/train -p preset=tiny -p stage=2 -p steps=4 \
         -p manifests='["/data/shards/magicbrush-train/shardindex.json"]' -p output_dir=/data/runs/tiny
+    prefect deployment run train/train -p model=mgie -p preset=tiny -p manifests='["/data/shards/magicbrush"]'
     python -m flows.train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
@@ -44,18 +45,22 @@ def _summary(result) -> dict[str, Any]:
     }
 
 
-@task(task_run_name="train-stage{stage}", cache_policy=None)
-def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
-    """Run one stage in this process; return the run's summary (paths and final losses, no tensors)."""
+@task(task_run_name="train-{model}-stage{stage}", cache_policy=None)
+def run_recipe(config: dict[str, Any], stage: int, model: str = "smartedit") -> dict[str, Any]:
+    """Run one stage (MGIE: its single stage) in this process; return the run's summary (paths and final losses)."""
     import torch
 
-    from model.train_config import TrainConfig
-
-    cfg = TrainConfig.from_dict({**config, "stage": stage})
-    if stage == 1:
-        from model.train_stage1 import train_stage1 as recipe
+    if model == "mgie":
+        from model.mgie.train import train_mgie as recipe
+        from model.mgie.train_config import MGIETrainConfig as TrainConfig
     else:
-        from model.train_stage2 import train_stage2 as recipe
+        from model.train_config import TrainConfig
+
+        if stage == 1:
+            from model.train_stage1 import train_stage1 as recipe
+        else:
+            from model.train_stage2 import train_stage2 as recipe
+    cfg = TrainConfig.from_dict({**config, "stage": stage})
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
     with gpu_slot(device):
@@ -63,10 +68,11 @@ def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
     return _summary(result)
 
 
-def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
+def _markdown(summary: dict[str, Any], config: dict[str, Any], model: str = "smartedit") -> str:
     rows = "\n".join(f"| {k} | {v:.5g} |" for k, v in summary["final"].items())
+    title = "MGIE" if model == "mgie" else f"SmartEdit stage {summary['stage']}"
     return (
-        f"# SmartEdit stage {summary['stage']} — preset `{config['preset']}`\n\n"
+        f"# {title} — preset `{config['preset']}`\n\n"
         f"Steps {summary['start_step']} → **{summary['steps']}**\n\n"
         f"| final | value |\n|---|---|\n{rows}\n\n"
         f"- checkpoint: `{summary['checkpoint']}`\n- pipeline: `{summary['pipeline_dir']}`\n"
@@ -77,6 +83,7 @@ def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
 
 @flow(name="train", log_prints=False)
 def train(
+    model: Literal["smartedit", "mgie"] = "smartedit",
     preset: str = "tiny",
     stage: int = 2,
     manifests: list[str] | str | None = None,
@@ -85,31 +92,41 @@ def train(
     resume: str | None = "latest",
     init_from: str | None = None,
     allow_missing_sources: bool = False,
-    model: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one stage. preset: training preset (tiny, 7b, 13b, 7b-code, 13b-code); manifests: shardindex.json
+    """Train one stage of ``model`` (smartedit, or mgie: one stage, presets tiny / mgie-7b). preset: training preset (tiny, 7b, 13b, 7b-code, 13b-code); manifests: shardindex.json
     paths or directories holding them (stage 1: captions; stage 2: the mixture's sources); resume: "latest" (default: continue a rerun from
-    its newest checkpoint), a checkpoint dir, or null; init_from: stage 2 only, a stage-1 checkpoint; model:
+    its newest checkpoint), a checkpoint dir, or null; init_from: stage 2 only, a stage-1 checkpoint; model_overrides:
     model-config overrides (checkpoint dirs); overrides: any other TrainConfig fields. Returns the summary dict."""
-    from model.train_config import get_train_preset
-
+    if model not in ("smartedit", "mgie"):
+        raise ValueError(f"train: parameter 'model' is {model!r}; choose 'smartedit' or 'mgie'")
     manifests = expand_manifests(manifests)
     if not manifests:
         raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
     fields = {"manifests": manifests, "output_dir": output_dir, "resume": resume or None,
-              "model": dict(model or {}), **(overrides or {})}
+              "model": dict(model_overrides or {}), **(overrides or {})}
     if steps is not None:
         fields["steps"] = steps
     if stage == 2:
         fields |= {"init_from": init_from, "allow_missing_sources": allow_missing_sources}
     elif init_from:
         raise ValueError("train: init_from is a stage-2 parameter (a stage-1 checkpoint to start from)")
-    cfg = get_train_preset(stage, preset, **fields)  # validate before the task: bad parameters fail the flow early
+    if model == "mgie":
+        from model.mgie.train_config import get_mgie_train_preset
+
+        if stage != 2:
+            raise ValueError("train: MGIE has a single stage; leave 'stage' at 2")
+        cfg = get_mgie_train_preset(preset, **fields)
+    else:
+        from model.train_config import get_train_preset
+
+        cfg = get_train_preset(stage, preset, **fields)  # validate before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
-    summary = run_recipe(config, stage)
-    markdown(artifact_key("train", f"stage{stage}", preset), _markdown(summary, config),
-             description=f"SmartEdit stage-{stage} training summary")
+    summary = run_recipe(config, stage, model)
+    key_parts = ("train", "mgie", preset) if model == "mgie" else ("train", f"stage{stage}", preset)
+    markdown(artifact_key(*key_parts), _markdown(summary, config, model),
+             description=f"{'MGIE' if model == 'mgie' else f'SmartEdit stage-{stage}'} training summary")
     get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
     return summary
 

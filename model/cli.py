@@ -1,7 +1,8 @@
-"""The model's commands: ``smartedit edit`` (one image with a saved pipeline folder) and ``smartedit train``
-(the `train` flow in this process; Prefect runs it ephemerally, no server needed).
+"""The model's commands: ``smartedit edit`` (one image with a saved SmartEdit or MGIE pipeline folder) and
+``smartedit train`` (the `train` flow in this process; Prefect runs it ephemerally, no server needed).
 
     smartedit train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
+    smartedit train --model mgie --preset tiny --manifest shards/magicbrush/train/shardindex.json --output-dir runs/m
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import sys
 def register(subparsers) -> None:
     """Add the ``edit`` and ``train`` subcommands."""
     register_train(subparsers)
-    p = subparsers.add_parser("edit", help="edit an image with a SmartEdit pipeline folder")
-    p.add_argument("--model", required=True, help="folder written by SmartEditPipeline.save_pretrained")
+    p = subparsers.add_parser("edit", help="edit an image with a SmartEdit or MGIE pipeline folder")
+    p.add_argument("--model", required=True, help="folder written by SmartEditPipeline or MGIEPipeline.save_pretrained")
     p.add_argument("--image", required=True, help="input image file")
     p.add_argument("--instruction", required=True, help="editing instruction")
     p.add_argument("-o", "--output", required=True, help="output image file (format from the extension)")
@@ -34,7 +35,7 @@ def _edit(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from model.pipeline import SmartEditPipeline
+    from model.pipelines import load_pipeline
 
     image_path = Path(args.image)
     if not image_path.is_file():
@@ -42,8 +43,8 @@ def _edit(args: argparse.Namespace) -> int:
         return 1
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        pipe = SmartEditPipeline.from_pretrained(args.model, device=device)
-    except FileNotFoundError as exc:
+        pipe = load_pipeline(args.model, device=device)  # SmartEdit or MGIE, from the folder's model_index.json
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: --model {args.model}: {exc}", file=sys.stderr)
         return 1
     image = Image.open(image_path).convert("RGB")
@@ -61,19 +62,22 @@ def _edit(args: argparse.Namespace) -> int:
     )[0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     edited.save(args.output)
+    for text in getattr(pipe, "expressive_instructions", []):
+        print(f"expressive instruction: {text}")
     print(f"wrote {args.output}")
     return 0
 
 
 def register_train(subparsers) -> None:
     """`smartedit train ...`: run the flow in this process (no server needed: Prefect runs it ephemerally)."""
-    parser = subparsers.add_parser("train", help="train a SmartEdit stage (Prefect flow `train`)")
+    parser = subparsers.add_parser("train", help="train a SmartEdit stage or MGIE (Prefect flow `train`)")
     add_train_arguments(parser)
     parser.set_defaults(func=_train)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", help="tiny, 7b, 13b, 7b-code, 13b-code")
+    parser.add_argument("--model", choices=("smartedit", "mgie"), default="smartedit", help="which model to train")
+    parser.add_argument("--preset", default="tiny", help="SmartEdit: tiny, 7b, 13b, 7b-code, 13b-code; MGIE: tiny, mgie-7b")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
     parser.add_argument("--manifest", action="append", required=True, help="a shardindex.json (repeatable)")
     parser.add_argument("--output-dir", default="runs/smartedit")
@@ -82,15 +86,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=None, help="stage 2: a stage-1 checkpoint dir")
     parser.add_argument("--allow-missing-sources", action="store_true", help="stage 2: drop mixture leaves without data")
     parser.add_argument("--model-json", default=None, help='model overrides as JSON, e.g. \'{"llava_dir": "..."}\'')
+    parser.add_argument("--expressive", action="append", default=None,
+                        help="MGIE: an expressive-instruction sidecar dir (repeatable; `smartedit expressive`)")
 
 
 def _train(args: argparse.Namespace) -> int:
     from flows.train import train
 
-    summary = train(preset=args.preset, stage=args.stage, manifests=args.manifest, output_dir=args.output_dir,
-                    steps=args.steps, resume=args.resume, init_from=args.init_from,
+    if args.expressive and args.model != "mgie":
+        print("error: --expressive is an MGIE option (add --model mgie)", file=sys.stderr)
+        return 1
+    summary = train(model=args.model, preset=args.preset, stage=args.stage, manifests=args.manifest,
+                    output_dir=args.output_dir, steps=args.steps, resume=args.resume, init_from=args.init_from,
                     allow_missing_sources=args.allow_missing_sources,
-                    model=json.loads(args.model_json) if args.model_json else None)
+                    model_overrides=json.loads(args.model_json) if args.model_json else None,
+                    overrides={"expressive": args.expressive} if args.expressive else None)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "pipeline.sources.cli",
     "pipeline.synthetic.cli",
     "model.cli",
+    "model.mgie.cli",
     "model.evaluation.cli",
 )
 

@@ -83,7 +83,8 @@ def clean_description(text: str, first_img_token: str = "[IMG0]", eos_token: str
         text = text[:low.index("alternative")]
     if first_img_token in text:
         text = text[:text.index(first_img_token)]
-    text = ".".join(s.strip() for s in text.split(".")[:2]).strip()
+    # The official joins the two sentences with "." and no space ("red.The"); a space keeps the words apart.
+    text = ". ".join(s.strip() for s in text.split(".")[:2] if s.strip()).strip()
     if not text:
         return ""
     return text if text.endswith(".") else text + "."
