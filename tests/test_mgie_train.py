@@ -37,14 +37,17 @@ def _parser():
     return parser
 
 
-def test_cli_train_mgie_then_edit(prefect_harness, edit_manifest, tmp_path, capsys):
+def test_cli_train_mgie_then_edit(prefect_harness, edit_manifest, tmp_path, capsys, caplog):
+    import logging
+
     from prefect.client.orchestration import get_client
 
-    # an expressive sidecar for two of the samples
+    caplog.set_level(logging.INFO, logger="model.mgie.train")
+    # an expressive sidecar for every (sample, instruction) of the fixture
     sidecar = tmp_path / "expressive" / "mb"
     sidecar.mkdir(parents=True)
-    records = [{"key": f"magicbrush-{i:06d}", "instruction": f"make it blue {i}", "description": "d.",
-                "expressive": "The object turns blue."} for i in range(2)]
+    records = [{"key": f"edit_pair-{i:05d}", "instruction": f"{verb} it blue {i}", "description": "d.",
+                "expressive": "The object turns blue."} for i in range(6) for verb in ("make", "turn")]
     (sidecar / "x.expressive.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     parser = _parser()
     out = tmp_path / "run"
@@ -54,6 +57,7 @@ def test_cli_train_mgie_then_edit(prefect_harness, edit_manifest, tmp_path, caps
     assert args.func(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2 and set(summary["final"]) >= {"loss", "lm_loss", "diffusion_loss", "lr"}
+    assert not any("had no expressive instruction" in r.getMessage() for r in caplog.records)
     assert Path(summary["checkpoint"]).name == "step-00000002"
     index = json.loads((Path(summary["pipeline_dir"]) / "model_index.json").read_text())
     assert index["_class_name"] == "MGIEPipeline"
