@@ -1,5 +1,5 @@
-"""MGIE through the project's flows: evaluate on Reason-Edit, the SmartEdit-vs-MGIE comparison report, and the
-scheduled retraining chain with model=mgie (tiny preset, sample data, the session's Prefect test server)."""
+"""MGIE through the project's flows: the scheduled retraining chain with model=mgie (convert, train, evaluate on
+Reason-Edit, register), the SmartEdit-vs-MGIE comparison report, and the demo's MGIE parameters."""
 
 from __future__ import annotations
 
@@ -25,47 +25,45 @@ def samples(tmp_path_factory):
     return out
 
 
-def test_evaluate_both_models_and_compare(prefect_harness, samples, tmp_path):
-    from flows.evaluate import evaluate_pipeline
-    from model.config import tiny_config
-    from model.mgie.comparison import write_comparison
-    from model.mgie.config import tiny_mgie_config
-    from model.mgie.model import build_mgie
-    from model.mgie.pipeline import MGIEPipeline
-    from model.pipeline import SmartEditPipeline
-    from model.smartedit import build_smartedit
+def _smartedit_report(mgie_report):
+    """A SmartEdit report over the same items with known values (the comparison's formatting is under test)."""
+    import dataclasses
 
-    SmartEditPipeline(build_smartedit(tiny_config()).eval()).save_pretrained(tmp_path / "smartedit")
-    MGIEPipeline(build_mgie(tiny_mgie_config()).eval()).save_pretrained(tmp_path / "mgie")
-    results = {}
-    for name in ("smartedit", "mgie"):
-        results[name] = evaluate_pipeline(pipeline_dir=str(tmp_path / name), benchmark=str(samples / "reason_edit"),
-                                          out_dir=str(tmp_path / f"eval-{name}"), num_inference_steps=2)
-    assert set(results["mgie"]["categories"]) == set(results["smartedit"]["categories"])
-    assert results["mgie"]["groups"]["understanding"]["psnr"] is not None
+    from model.evaluation.report import EvaluationReport
 
-    out = write_comparison({"SmartEdit": tmp_path / "eval-smartedit" / "report.json",
-                            "MGIE": tmp_path / "eval-mgie" / "report.json"}, tmp_path / "comparison.md")
-    text = out.read_text()
-    assert "| **MGIE (ours)** | `mgie` |" in text and "| **SmartEdit (ours)** | `smartedit` |" in text
-    assert "| SmartEdit-7B (paper) | SmartEdit Table 1 | 22.049 |" in text
-    assert "| MGIE-7B (paper) | not reported | missing |" in text and "publishes no Reason-Edit numbers" in text
-    psnr = results["mgie"]["groups"]["understanding"]["psnr"]
-    assert f"{psnr:.3f}" in text
-    for category, agg in results["mgie"]["categories"].items():
-        assert f"| {category} | MGIE | {agg['n']} |" in text
+    records = [dataclasses.replace(r, psnr=20.0 + i % 3, ssim=0.5, lpips=0.1, clip=None)
+               for i, r in enumerate(mgie_report.records)]
+    return EvaluationReport.from_records(records, protocol="corrected", model="runs/smartedit/pipeline",
+                                         benchmark=mgie_report.benchmark, seeds=[0])
 
 
-def test_retrain_flow_trains_and_registers_mgie(prefect_harness, samples, tmp_path):
+def test_retrain_trains_evaluates_and_registers_mgie_then_compares(prefect_harness, samples, tmp_path):
+    """retrain(model=mgie): convert → train MGIE → the evaluate flow on its pipeline → the registry; then the
+    comparison report beside a SmartEdit report."""
     from flows.retrain import retrain
+    from model.evaluation.report import EvaluationReport
+    from model.mgie.comparison import comparison_markdown
 
     params = {"sources": {"edit": sample_sources(samples)["edit"]}, "shards": str(tmp_path / "shards"),
               "runs": str(tmp_path / "runs"), "registry": str(tmp_path / "registry.json"),
               "benchmark": str(samples / "reason_edit"), "preset": "tiny", "steps": 2, "num_inference_steps": 2}
     first = retrain(**params, model="mgie")
     assert first["promoted"] and first["candidate"]["model"] == "mgie"
-    index = json.loads((tmp_path / "registry.json").read_text())["champion"]
-    assert json.loads(open(f"{index['pipeline']}/model_index.json").read())["_class_name"] == "MGIEPipeline"
+    champion = json.loads((tmp_path / "registry.json").read_text())["champion"]
+    assert json.loads(open(f"{champion['pipeline']}/model_index.json").read())["_class_name"] == "MGIEPipeline"
+    assert champion["metrics"]["understanding.psnr"] is not None
+
+    mgie = EvaluationReport.read_json(first["report"].replace("report.md", "report.json"))
+    smartedit = _smartedit_report(mgie)
+    text = comparison_markdown({"SmartEdit": smartedit, "MGIE": mgie})
+    assert "| **MGIE (ours)** | `pipeline` |" in text and "| **SmartEdit (ours)** | `pipeline` |" in text
+    assert "| SmartEdit-7B (paper) | SmartEdit Table 1 | 22.049 |" in text
+    assert "| MGIE-7B (paper) | not reported | missing |" in text and "publishes no Reason-Edit numbers" in text
+    assert f"{mgie.groups['understanding'].psnr:.3f}" in text
+    for category, agg in mgie.categories.items():
+        assert f"| {category} | MGIE | {agg.n} |" in text
+        ours = smartedit.categories[category]
+        assert f"| {category} | SmartEdit | {ours.n} | {ours.psnr:.3f} | 0.500 | 0.100 | n/a |" in text
 
 
 def test_demo_mgie_parameters_are_valid_flow_parameters(tmp_path):
