@@ -126,3 +126,19 @@ def test_flow_under_prefect(prefect_harness, tiny_models, tmp_path):
     assert any(a.key == "expressive-instructions" for a in artifacts)
     again = expressive_instructions(inputs=[str(tmp_path / "shards")], output=str(out), max_new_tokens=8, **tiny_models)
     assert again["skipped_shards"] == 2 and again["kept"] == result["kept"]
+
+
+def test_cli_command_runs_the_flow(prefect_harness, tiny_models, tmp_path, capsys):
+    import argparse
+
+    from model.mgie.cli import register
+
+    write_dataset(tmp_path / "shards", "magicbrush", "magicbrush", "edit_pair", 2)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["expressive", "--input", str(tmp_path / "shards"), "--out", str(tmp_path / "x"),
+                              "--llava", tiny_models["llava_dir"], "--summariser", tiny_models["summariser_dir"],
+                              "--max-new-tokens", "6"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["in"] == 4 and summary["kept"] == sum(len(v) for v in load_expressive(tmp_path / "x").values())

@@ -97,6 +97,15 @@ def test_unknown_or_wrong_shaped_keys_are_errors_naming_them(release, tmp_path):
         import_checkpoint(release["root"] / "mgie_7b", tmp_path / "o3", **{**_options(release), "first_img_id": 32003})
 
 
+def test_command_line(release, tmp_path):
+    from model.mgie.importer import main
+
+    assert main([str(release["root"] / "mgie_7b"), "--out", str(tmp_path / "p"), "--llava", str(release["root"] / "llava"),
+                 "--sd", str(release["root"] / "sd"), "--base-vocab", str(BASE), "--first-img-id", str(FIRST_IMG),
+                 "--llm-dtype", "float32"]) == 0
+    assert (tmp_path / "p" / "mgie_config.json").is_file() and (tmp_path / "p" / "import_report.json").is_file()
+
+
 class _NotATensor:
     pass
 

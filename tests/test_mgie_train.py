@@ -133,6 +133,18 @@ def test_mgie_7b_recipe_values():
     assert get_mgie_train_preset("mgie-7b", steps=10).resolve_steps(313_010, 8) == (10, 0)
 
 
+def test_recipe_command_line_reads_a_config_file(tmp_path):
+    from model.mgie.train import parse_cli
+
+    path = tmp_path / "mgie.yaml"
+    get_mgie_train_preset("mgie-7b", output_dir="runs/x", expressive=["e"]).save_yaml(path)
+    cfg = parse_cli(["--config", str(path), "--manifest", "a.json", "--steps", "7"])
+    assert (cfg.preset, cfg.lr, cfg.manifests, cfg.expressive) == ("7b", 5e-4, ["a.json"], ["e"])
+    assert (cfg.steps, cfg.epochs, cfg.resolve_steps(100)) == (7, None, (7, 0))  # --steps wins over the epochs
+    from_file = parse_cli(["--config", str(path)])
+    assert from_file.epochs == 40.0 and from_file.resolve_steps(100) == (1000, 30)  # 40 · 100 / 4 per step
+
+
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="no MGIE training preset 'huge'"):
         get_mgie_train_preset("huge")

@@ -186,6 +186,8 @@ def parse_cli(argv: list[str] | None = None) -> MGIETrainConfig:
     }.items() if v is not None}
     if args.config:
         base = MGIETrainConfig.from_yaml(args.config).to_dict()
+        if args.steps is not None:
+            base["epochs"] = None  # --steps on the command line wins over the file's epochs
         return get_mgie_train_preset(base.pop("preset"), **{**base, **overrides})
     return get_mgie_train_preset(args.preset or "tiny", **overrides)
 
