@@ -108,7 +108,8 @@ def retrain(
     if synthetic is not None:
         from flows.build_synthetic import build_synthetic
 
-        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False, **synthetic.config)
+        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False,
+                        config=synthetic.config)
 
     # 3. stage 2 from the champion
     reg = ChampionRegistry(registry)
@@ -118,7 +119,8 @@ def retrain(
     same_model = champion is not None and champion.get("model", "smartedit") == model
     summary = train(model=model, preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"),
                     steps=steps, resume=None, init_from=champion["checkpoint"] if same_model else None,
-                    allow_missing_sources=True, model_overrides=model_overrides, overrides=training_overrides)
+                    allow_missing_sources=True,
+                    overrides={**(training_overrides or {}), **({"model": model_overrides} if model_overrides else {})})
 
     # 4. evaluate candidate (and the champion, when its metrics on this benchmark are not recorded)
     def metrics_of(pipeline_dir: str, out_dir: Path) -> dict[str, float | None]:

@@ -131,7 +131,7 @@ def test_flow_under_prefect(prefect_harness, tiny_models, tmp_path):
 def test_cli_command_runs_the_flow(prefect_harness, tiny_models, tmp_path, capsys):
     import argparse
 
-    from model.mgie.cli import register
+    from smartedit_cli.expressive import register
 
     write_dataset(tmp_path / "shards", "magicbrush", "magicbrush", "edit_pair", 2)
     parser = argparse.ArgumentParser()

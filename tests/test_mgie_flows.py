@@ -49,6 +49,10 @@ def test_retrain_trains_evaluates_and_registers_mgie_then_compares(prefect_harne
               "benchmark": str(samples / "reason_edit"), "preset": "tiny", "steps": 2, "num_inference_steps": 2}
     first = retrain(**params, model="mgie")
     assert first["promoted"] and first["candidate"]["model"] == "mgie"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # the train flow ran MGIE and said so
+        assert any(a.key == "train-mgie-tiny" and "MGIE" in a.data for a in client.read_latest_artifacts())
     champion = json.loads((tmp_path / "registry.json").read_text())["champion"]
     assert json.loads(open(f"{champion['pipeline']}/model_index.json").read())["_class_name"] == "MGIEPipeline"
     assert champion["metrics"]["understanding.psnr"] is not None

@@ -145,7 +145,7 @@ def test_loss_is_ce_plus_half_mse_computed_independently(model):
     assert float(out["lm_loss"]) == pytest.approx(float(hf.loss), rel=1e-4)
     assert float(out["diffusion_loss"]) == pytest.approx(float(mse), rel=1e-4)
     assert float(out["loss"]) == pytest.approx(float(hf.loss) + 0.5 * float(mse), rel=1e-4)
-    assert get_mgie_preset("7b").diffusion_loss_weight == 0.5
+    assert get_mgie_preset("7b").loss.diffusion_loss_weight == 0.5
 
 
 def test_answer_is_summary_then_img_tokens_then_eos(model):

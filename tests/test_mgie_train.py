@@ -3,7 +3,6 @@ exact resume, expressive answers in the batches, and the presets."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -26,21 +25,13 @@ def edit_manifest(tmp_path_factory) -> str:
 
 
 def _parser():
-    from pipeline.cli import COMMAND_MODULES  # the real `smartedit` command table
+    from smartedit_cli.main import build_parser  # the real `smartedit` command tree
 
-    import importlib
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    return parser
+    return build_parser()
 
 
-def test_cli_train_mgie_then_edit(prefect_harness, edit_manifest, tmp_path, capsys, caplog):
+def test_cli_train_mgie_then_edit(edit_manifest, tmp_path, capsys, caplog):
     import logging
-
-    from prefect.client.orchestration import get_client
 
     caplog.set_level(logging.INFO, logger="model.mgie.train")
     # an expressive sidecar for every (sample, instruction) of the fixture
@@ -63,8 +54,9 @@ def test_cli_train_mgie_then_edit(prefect_harness, edit_manifest, tmp_path, caps
     assert index["_class_name"] == "MGIEPipeline"
     saved = MGIETrainConfig.from_yaml(out / "config.yaml")
     assert saved.expressive == [str(tmp_path / "expressive")] and saved.preset == "tiny"
-    with get_client(sync_client=True) as client:
-        assert any(a.key == "train-mgie-tiny" for a in client.read_latest_artifacts())
+    with pytest.raises(ValueError, match="MGIE options; add --model mgie"):
+        args = parser.parse_args(["train", "--manifest", edit_manifest, "--epochs", "2"])
+        args.func(args)
 
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "in.png")
     args = parser.parse_args(["edit", "--model", summary["pipeline_dir"], "--image", str(tmp_path / "in.png"),
@@ -126,7 +118,9 @@ def test_mgie_7b_recipe_values():
     assert (cfg.lr, cfg.weight_decay, cfg.lr_scheduler, cfg.warmup_ratio) == (5e-4, 0.0, "cosine", 0.03)
     assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.epochs) == ("bf16", True, 40.0)
     assert cfg.micro_batch_size * cfg.grad_accum * 8 == 32  # global batch 32 on 8 GPUs
-    assert (model.resolution, model.num_img_tokens, model.token_rows, model.diffusion_loss_weight) == (256, 8, "full", 0.5)
+    assert (model.resolution, model.num_img_tokens, model.token_rows, model.loss.diffusion_loss_weight) == (256, 8, "full", 0.5)
+    assert (model.sampling.num_inference_steps, model.sampling.text_guidance_scale, model.sampling.image_guidance_scale,
+            model.max_new_tokens, model.no_repeat_ngram_size) == (100, 7.5, 1.5, 96, 3)
     assert model.edit_head.hidden_size == 512 and model.edit_head.num_queries == 77
     # 40 epochs of 313,010 InstructPix2Pix pairs at 32 per step, 3 % warm-up
     assert cfg.resolve_steps(313_010, num_processes=8) == (391_263, 11_738)

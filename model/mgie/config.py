@@ -8,7 +8,9 @@ Usage::
     cfg = get_mgie_preset("7b", token_rows="new_rows")             # train only the 8 new embedding / lm_head rows
 
 Values follow the official code (apple/ml-mgie ``mgie_llava.py``, ``mgie_train.py``, ``demo.ipynb``), which agrees
-with the paper. Nothing heavy is imported here: the CLI and the recipe read it at startup.
+with the paper. The loss and sampling sub-configs are SmartEdit's classes (``LossConfig``, ``SamplingConfig``) with
+MGIE's values, so `smartedit edit` and the evaluation read either model's the same way. Nothing heavy is imported
+here: the CLI and the recipe read it at startup.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from model.config import LossConfig, SamplingConfig, merge, validate_fields
 
 DType = Literal["float32", "bfloat16", "float16"]
 TokenRows = Literal["full", "new_rows"]
@@ -51,6 +55,7 @@ class EditHeadConfig:
     """Queries start N(0, std²); the official code uses ``torch.randn`` (std 1)."""
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"EditHeadConfig.hidden_size {self.hidden_size} is not divisible by num_heads "
                              f"{self.num_heads}")
@@ -88,16 +93,11 @@ class MGIEConfig:
     (peft TrainableTokens), so the original vocabulary cannot drift."""
     edit_head: EditHeadConfig = field(default_factory=EditHeadConfig)
     """Edit head sizes."""
-    lm_loss_weight: float = 1.0
-    """Weight of the CE loss on the answer (summary + [IMG] tokens + </s>)."""
-    diffusion_loss_weight: float = 0.5
-    """Weight of the diffusion MSE (official: ``loss_ce + loss_edit * 0.5``)."""
-    text_drop_below: float = 0.10
-    """CFG dropout: context → the learned null condition if r < this (r ~ U(0, 1) per sample)."""
-    image_drop_range: tuple[float, float] = (0.05, 0.15)
-    """CFG dropout: conditioning latent → 0 if low <= r < high (InstructPix2Pix)."""
-    num_train_timesteps: int = 1000
-    """DDPM training steps (epsilon prediction)."""
+    loss: LossConfig = field(default_factory=lambda: LossConfig(diffusion_loss_weight=0.5))
+    """CE on the answer (summary + [IMG] tokens + </s>) + 0.5 · diffusion MSE (official ``loss_ce + loss_edit*0.5``);
+    CFG dropout as InstructPix2Pix, the text condition replaced by the learned null (align_loss_weight is unused)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Inference defaults: 100 Euler-ancestral steps, s_T 7.5, s_I 1.5 (the official demo's InstructPix2Pix defaults)."""
     resolution: int = 256
     """Edit resolution in pixels (official: 256)."""
     llm_dtype: DType = "bfloat16"
@@ -106,12 +106,6 @@ class MGIEConfig:
     """VAE dtype (frozen)."""
     gradient_checkpointing: bool = True
     """Checkpoint the LLM and UNet activations."""
-    text_guidance_scale: float = 7.5
-    """s_T at inference (diffusers' InstructPix2Pix default, used by the official demo)."""
-    image_guidance_scale: float = 1.5
-    """s_I at inference."""
-    num_inference_steps: int = 100
-    """Euler-ancestral steps at inference."""
     max_new_tokens: int = 96
     """Greedy generation length at inference (official demo: 96)."""
     no_repeat_ngram_size: int = 3
@@ -120,26 +114,21 @@ class MGIEConfig:
     """Seed of the random initialisation of the new modules (and of the tiny preset's random components)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.edit_head, dict):
-            self.edit_head = EditHeadConfig(**self.edit_head)
-        self.image_drop_range = tuple(self.image_drop_range)  # type: ignore[assignment]
+        for name, cls in (("edit_head", EditHeadConfig), ("loss", LossConfig), ("sampling", SamplingConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls(**getattr(self, name)))
+        validate_fields(self)
         if self.num_img_tokens < 1:
             raise ValueError(f"MGIEConfig.num_img_tokens must be >= 1, got {self.num_img_tokens}")
         if "{}" not in self.img_token_format:
             raise ValueError(f"MGIEConfig.img_token_format needs a '{{}}' for the index, got {self.img_token_format!r}")
         if "{instruction}" not in self.prompt_template or "{image}" not in self.prompt_template:
             raise ValueError("MGIEConfig.prompt_template must contain '{image}' and '{instruction}'")
-        if self.token_rows not in ("full", "new_rows"):
-            raise ValueError(f"MGIEConfig.token_rows {self.token_rows!r}: choose 'full' or 'new_rows'")
-        lo, hi = self.image_drop_range
-        if not (0.0 <= self.text_drop_below <= 1.0 and 0.0 <= lo <= hi <= 1.0):
-            raise ValueError(f"MGIEConfig CFG dropout out of range: text_drop_below={self.text_drop_below}, "
-                             f"image_drop_range={self.image_drop_range} (need 0 <= low <= high <= 1)")
         if self.resolution % 8:
             raise ValueError(f"MGIEConfig.resolution must be a multiple of 8, got {self.resolution}")
-        for name in ("llm_dtype", "vae_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"MGIEConfig.{name} must be float32, bfloat16 or float16")
+        if self.max_new_tokens <= self.num_img_tokens:
+            raise ValueError(f"MGIEConfig.max_new_tokens ({self.max_new_tokens}) must exceed num_img_tokens "
+                             f"({self.num_img_tokens})")
 
     @property
     def is_tiny(self) -> bool:
@@ -204,20 +193,21 @@ def tiny_mgie_config(**overrides: Any) -> MGIEConfig:
         llm_dtype="float32",
         vae_dtype="float32",
         gradient_checkpointing=False,
-        num_inference_steps=4,
+        sampling=SamplingConfig(num_inference_steps=4),
         max_new_tokens=12,
     )
-    return dataclasses.replace(base, **overrides)
+    return merge(base, overrides)
 
 
 MGIE_PRESETS = {
     "tiny": lambda **kw: tiny_mgie_config(**kw),
-    "7b": lambda **kw: MGIEConfig(preset="7b", **kw),
+    "7b": lambda **kw: merge(MGIEConfig(preset="7b"), kw),
 }
 
 
 def get_mgie_preset(name: str, **overrides: Any) -> MGIEConfig:
-    """Named MGIE preset with field overrides. Unknown names list the choices."""
+    """Named MGIE preset with field overrides; a dict for a nested config (``edit_head``, ``loss``, ``sampling``)
+    merges into the preset's. Unknown names list the choices."""
     if name not in MGIE_PRESETS:
         raise ValueError(f"unknown MGIE preset {name!r}; choose one of {sorted(MGIE_PRESETS)}")
     return MGIE_PRESETS[name](**overrides)

@@ -45,7 +45,7 @@ class MGIEModel(nn.Module):
         self.unet = unet
         self.vae = vae
         self.processor = processor
-        self.noise_scheduler = training_scheduler(config.num_train_timesteps)
+        self.noise_scheduler = training_scheduler(config.loss.num_train_timesteps)
         self.vae.requires_grad_(False)
         self.trainable_parameters()
 
@@ -144,8 +144,8 @@ class MGIEModel(nn.Module):
         condition latents → 0 where low <= r < high (official: DROP = 0.05, ``prob < 2·DROP`` and [DROP, 3·DROP))."""
         b = r.shape[0]
         null = self.null_condition(b).to(context.dtype)
-        context = torch.where((r < self.config.text_drop_below).view(b, 1, 1), null, context)
-        lo, hi = self.config.image_drop_range
+        context = torch.where((r < self.config.loss.text_drop_below).view(b, 1, 1), null, context)
+        lo, hi = self.config.loss.image_drop_range
         keep_image = ~((r >= lo) & (r < hi))
         return context, condition_latents * keep_image.view(b, 1, 1, 1).to(condition_latents.dtype)
 
@@ -172,7 +172,7 @@ class MGIEModel(nn.Module):
                                       batch.get("labels"))
         context = self.condition(enc["img_hidden"])
         diff = self.diffusion_loss(batch["src_pixels"], batch["tgt_pixels"], context, generator)
-        loss = self.config.lm_loss_weight * enc["lm_loss"] + self.config.diffusion_loss_weight * diff
+        loss = self.config.loss.lm_loss_weight * enc["lm_loss"] + self.config.loss.diffusion_loss_weight * diff
         return {"loss": loss, "lm_loss": enc["lm_loss"].detach(), "diffusion_loss": diff.detach()}
 
 

@@ -128,21 +128,25 @@ class MGIEPipeline(SmartEditPipeline):
         self,
         image: Image.Image | Sequence[Image.Image],
         instruction: str | Sequence[str],
-        num_inference_steps: int = 100,
-        text_guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        num_inference_steps: int | None = None,
+        text_guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
-        height: int = 256,
-        width: int = 256,
+        height: int | None = None,
+        width: int | None = None,
         output_type: str = "pil",
     ) -> list[Image.Image] | torch.Tensor:
         """Edit ``image`` following ``instruction``. Returns PIL images, a (B, 3, H, W) tensor in [0, 1] for
-        output_type='pt', or latents for 'latent'. The expressive instructions land in ``expressive_instructions``."""
+        output_type='pt', or latents for 'latent'. Arguments left None come from the saved config (``sampling``:
+        100 steps, s_T 7.5, s_I 1.5; the size from ``resolution``). The expressive instructions of the call land in
+        ``expressive_instructions``."""
         from PIL import Image as PILImage
 
         from model.processor import pil_to_unit_range
 
         m = self.model
+        height = height or m.config.resolution
+        width = width or m.config.resolution
         images = [image] if isinstance(image, PILImage.Image) else list(image)
         instructions = [instruction] * len(images) if isinstance(instruction, str) else list(instruction)
         if len(instructions) != len(images):

@@ -4,7 +4,7 @@ Trains embed_tokens and lm_head (or their [IMG] rows), the edit head and the ful
 projector and VAE stay frozen. Reads top to bottom: setup → loop → checkpoint → cleanup. Data, draws, checkpoints
 and exact resume are SmartEdit's (model/data.py, model/mixture.py, model/checkpoint.py).
 
-    python -m model.mgie.train --preset tiny --manifest shards/magicbrush/train/shardindex.json --output-dir runs/m
+    python -m model.mgie.train --preset tiny --manifests shards/magicbrush/train --output-dir runs/m
     accelerate launch --config_file model/accelerate/multi_gpu_deepspeed_zero2.yaml \
         -m model.mgie.train --config mgie.yaml                            # 8 GPUs, preset mgie-7b
 """
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.mgie.train_config import MGIETrainConfig, get_mgie_train_preset
+from model.mgie.train_config import MGIETrainConfig
 from model.train_config import RunResult
 
 log = logging.getLogger(__name__)
@@ -169,27 +169,18 @@ def train_mgie(cfg: MGIETrainConfig) -> RunResult:
 
 
 def parse_cli(argv: list[str] | None = None) -> MGIETrainConfig:
-    """``--config run.yaml`` plus a few overrides; without a file, ``--preset``."""
+    """The recipe's command line (``accelerate launch -m model.mgie.train --config mgie.yaml [--steps N ...]``):
+    every TrainConfig field plus MGIE's own (epochs, warmup_ratio, expressive)."""
+    from model.mgie.train_config import add_mgie_arguments, mgie_train_config_from_args
+    from model.train_config import add_train_arguments
+
     parser = argparse.ArgumentParser(description="MGIE training")
-    parser.add_argument("--config", help="YAML of MGIETrainConfig fields (with `preset:`)")
-    parser.add_argument("--preset", default=None, help="tiny or mgie-7b (when no --config)")
-    parser.add_argument("--manifest", action="append", default=None, help="a shardindex.json (repeatable)")
-    parser.add_argument("--expressive", action="append", default=None, help="an expressive sidecar dir (repeatable)")
-    parser.add_argument("--output-dir", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint dir")
-    parser.add_argument("--allow-missing-sources", action="store_true")
+    options = {**add_train_arguments(parser), **add_mgie_arguments(parser)}
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {
-        "manifests": args.manifest, "expressive": args.expressive, "output_dir": args.output_dir,
-        "steps": args.steps, "resume": args.resume, "allow_missing_sources": True if args.allow_missing_sources else None,
-    }.items() if v is not None}
-    if args.config:
-        base = MGIETrainConfig.from_yaml(args.config).to_dict()
-        if args.steps is not None:
-            base["epochs"] = None  # --steps on the command line wins over the file's epochs
-        return get_mgie_train_preset(base.pop("preset"), **{**base, **overrides})
-    return get_mgie_train_preset(args.preset or "tiny", **overrides)
+    try:
+        return mgie_train_config_from_args(args, options)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def main(argv: list[str] | None = None) -> int:

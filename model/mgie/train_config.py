@@ -19,13 +19,15 @@ ratio and the expressive-instruction sidecars; ``model`` overrides go to MGIECon
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal  # noqa: F401 - Literal, Precision, Scheduler resolve the inherited annotations
 
-from model.train_config import TrainConfig
+from model.config_args import add_config_arguments, given_overrides
+from model.train_config import Precision, Scheduler, TrainConfig  # noqa: F401
 
 MGIE_MIXTURE = str(Path(__file__).resolve().parents[2] / "data_specs" / "mixture_mgie.yaml")
 
@@ -106,3 +108,26 @@ def get_mgie_train_preset(name: str, **overrides: Any) -> MGIETrainConfig:
     if "steps" in overrides and "epochs" not in overrides:
         values["epochs"] = None  # an explicit step count wins over the preset's epochs
     return MGIETrainConfig(**values)
+
+
+def add_mgie_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """MGIE's own fields (epochs, warmup_ratio, expressive) as options; the fields shared with SmartEdit come from
+    ``model.train_config.add_train_arguments``. Returns option dest → field."""
+    shared = {f.name for f in dataclasses.fields(TrainConfig)}
+    group = parser.add_argument_group("MGIE only (with --model mgie)")
+    return add_config_arguments(group, MGIETrainConfig, skip=shared)
+
+
+def mgie_train_config_from_args(args: argparse.Namespace, options: dict[str, str]) -> MGIETrainConfig:
+    """The MGIETrainConfig of parsed options (``add_train_arguments`` + ``add_mgie_arguments``): the ``--config``
+    file (or the preset) with the options given on top; ``--steps`` wins over the file's epochs."""
+    overrides = given_overrides(args, options)
+    if int(overrides.pop("stage", 2)) != 2:
+        raise ValueError("--stage: MGIE has a single stage (leave --stage at 2)")
+    if getattr(args, "config", None):
+        base = MGIETrainConfig.from_yaml(args.config).to_dict()
+        if "steps" in overrides and "epochs" not in overrides:
+            base["epochs"] = None
+        base.update(overrides)
+        return MGIETrainConfig.from_dict(base)
+    return MGIETrainConfig.from_dict(overrides)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from model.config_args import given_overrides
     from model.evaluation.evaluate import evaluate
 
     def progress(done: int, total: int) -> None:
@@ -25,9 +26,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         clip_dir=args.clip,
         lpips_dir=args.lpips,
         device=args.device,
-        editor_kwargs={k: v for k, v in (("num_inference_steps", args.steps),
-                                         ("text_guidance_scale", args.text_guidance),
-                                         ("image_guidance_scale", args.image_guidance)) if v is not None},
+        editor_kwargs=given_overrides(args, args.sampling_options),
         progress=progress,
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
@@ -53,6 +52,9 @@ def _ins_align(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from model.config import SamplingConfig
+    from model.config_args import add_config_arguments
+
     p = subparsers.add_parser(
         "evaluate",
         help="run an editor over Reason-Edit (or evaluation shards) and write metrics, report, grids, judging page",
@@ -67,10 +69,10 @@ def register(subparsers) -> None:
                    help="local LPIPS weights directory: alexnet.pth/squeezenet1_1.pth [+ alex.pth/squeeze.pth]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds, one edit per seed (default 0)")
     p.add_argument("--device", default="cpu", help="device for the pipeline and the metric networks (default cpu)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (pipeline default: 100, the paper's)")
-    p.add_argument("--text-guidance", type=float, default=None, help="text guidance scale s_T (pipeline default 7.5)")
-    p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale s_I (pipeline default 1.5)")
-    p.set_defaults(func=_evaluate)
+    sampling = p.add_argument_group("sampling (default: the pipeline's saved sampling config)")
+    p.set_defaults(func=_evaluate, sampling_options=add_config_arguments(
+        sampling, SamplingConfig, aliases={"num_inference_steps": ["--steps"], "text_guidance_scale": ["--text-guidance"],
+                                           "image_guidance_scale": ["--image-guidance"]}))
 
     p = subparsers.add_parser("ins-align", help="Ins-align figures from judging-page exports (JSON)")
     p.add_argument("judgements", nargs="+", help="judgement JSON files exported by judging.html (one per judge)")

@@ -1,5 +1,5 @@
-"""MGIE's commands: ``smartedit expressive`` (the expressive-instruction step as the Prefect flow, run in this
-process; no server needed).
+"""``smartedit expressive``: MGIE's expressive-instruction step (the `expressive-instructions` Prefect flow, run in
+this process; no server needed).
 
     smartedit expressive --input shards/magicbrush --out shards/expressive --llava ckpt/llava-7b-v1-hf \
         --summariser ckpt/flan-t5-xl
