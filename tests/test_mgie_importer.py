@@ -48,13 +48,15 @@ def _options(release):
 def test_import_maps_every_tensor_and_the_pipeline_runs(release, tmp_path):
     from PIL import Image
 
-    from model.mgie.importer import import_checkpoint
+    from model.importers import import_checkpoint
     from model.pipelines import load_pipeline
 
-    report = import_checkpoint(release["root"] / "mgie_7b", tmp_path / "pipe", **_options(release))
-    assert report["components"]["edit_head"]["config"]["num_encoder_layers"] == 2
-    assert "rows 261..263" in report["components"]["token_rows"]["dropped"]
-    assert "max difference 0" in report["notes"][0]
+    report = import_checkpoint("mgie-official", release["root"] / "mgie_7b", tmp_path / "pipe", **_options(release))
+    head = report.components["edit_head"]
+    assert head["config"]["num_encoder_layers"] == 2 and head["mapped"] == head["target_keys"] == head["source_keys"] - 3
+    assert "max difference 0" in head["dropped"]["emb"]
+    assert "rows 261..263" in report.components["token_rows"]["dropped"]
+    assert report.components["unet"]["mapped"] == len(release["unet"])
     assert (tmp_path / "pipe" / "import_report.json").is_file()
 
     pipe = load_pipeline(tmp_path / "pipe")
@@ -77,7 +79,7 @@ def test_import_maps_every_tensor_and_the_pipeline_runs(release, tmp_path):
 
 
 def test_unknown_or_wrong_shaped_keys_are_errors_naming_them(release, tmp_path):
-    from model.mgie.importer import import_checkpoint
+    from model.importers.mgie_official import import_checkpoint
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -90,19 +92,21 @@ def test_unknown_or_wrong_shaped_keys_are_errors_naming_them(release, tmp_path):
     unet = dict(release["unet"])
     unet["conv_in.weight"] = unet["conv_in.weight"][:, :4]  # a 4-channel UNet is not the released one
     torch.save(unet, bad / "unet.pt")
-    with pytest.raises(ValueError, match=r"unet\.pt → unet: 'conv_in\.weight'"):
+    with pytest.raises(ValueError, match=r"unet\.pt → unet: .*'conv_in\.weight'"):
         import_checkpoint(bad, tmp_path / "o2", **_options(release))
 
     with pytest.raises(ValueError, match="first_img_id"):
         import_checkpoint(release["root"] / "mgie_7b", tmp_path / "o3", **{**_options(release), "first_img_id": 32003})
 
 
-def test_command_line(release, tmp_path):
-    from model.mgie.importer import main
+def test_smartedit_import_checkpoint_command(release, tmp_path):
+    from smartedit_cli.main import build_parser
 
-    assert main([str(release["root"] / "mgie_7b"), "--out", str(tmp_path / "p"), "--llava", str(release["root"] / "llava"),
-                 "--sd", str(release["root"] / "sd"), "--base-vocab", str(BASE), "--first-img-id", str(FIRST_IMG),
-                 "--llm-dtype", "float32"]) == 0
+    args = build_parser().parse_args([
+        "import-checkpoint", "mgie-official", str(release["root"] / "mgie_7b"), "--out", str(tmp_path / "p"),
+        "--llava", str(release["root"] / "llava"), "--sd", str(release["root"] / "sd"), "--base-vocab", str(BASE),
+        "--first-img-id", str(FIRST_IMG), "--llm-dtype", "float32"])
+    assert args.func(args) == 0
     assert (tmp_path / "p" / "mgie_config.json").is_file() and (tmp_path / "p" / "import_report.json").is_file()
 
 
@@ -111,7 +115,7 @@ class _NotATensor:
 
 
 def test_pickled_objects_are_refused(release, tmp_path):
-    from model.mgie.importer import import_checkpoint
+    from model.importers.mgie_official import import_checkpoint
 
     bad = tmp_path / "pickle"
     bad.mkdir()

@@ -97,7 +97,7 @@ def test_only_the_intended_parameters_train():
 
 
 def test_new_rows_option_trains_only_the_img_rows():
-    from model.llava import SmartEditLLaVA
+    from model.llava import merged_state_dict
     from model.mgie.model import build_mgie
 
     model = build_mgie(tiny_mgie_config(token_rows="new_rows"))
@@ -105,12 +105,12 @@ def test_new_rows_option_trains_only_the_img_rows():
     assert {n for n in trainable if n.startswith("llava.")} == {
         "llava.base_model.model.model.language_model.embed_tokens.trainable_tokens_delta.default",
         "llava.base_model.model.lm_head.trainable_tokens_delta.default"}
-    before = SmartEditLLaVA.merged_state_dict(model.llava)
+    before = merged_state_dict(model.llava)
     opt = torch.optim.AdamW(list(trainable.values()), lr=1e-2, weight_decay=0.1)
     model.train()
     model(_batch(model), generator=torch.Generator().manual_seed(0))["loss"].backward()
     opt.step()
-    after = SmartEditLLaVA.merged_state_dict(model.llava)
+    after = merged_state_dict(model.llava)
     ids = model.img_token_ids
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         others = [i for i in range(after[key].shape[0]) if i not in ids]
@@ -219,7 +219,7 @@ def test_pipeline_path_equals_diffusers_instruct_pix2pix(pipe):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from model.pipeline import default_scheduler
-    from model.processor import pil_to_unit_range
+    from model.processor import pil_to_signed_unit_range
 
     m = pipe.model
     image = _image(2, 64)
@@ -233,7 +233,7 @@ def test_pipeline_path_equals_diffusers_instruct_pix2pix(pipe):
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     reference.set_progress_bar_config(disable=True)
-    tensor = pil_to_unit_range(image, 128)[None].contiguous()
+    tensor = pil_to_signed_unit_range(image, 128)[None].contiguous()
     ref = reference(image=tensor, prompt_embeds=prompt_embeds, negative_prompt_embeds=null, num_inference_steps=4,
                     guidance_scale=7.5, image_guidance_scale=1.5, generator=torch.Generator().manual_seed(0),
                     output_type="latent").images
@@ -249,14 +249,14 @@ def test_pipeline_path_equals_diffusers_instruct_pix2pix(pipe):
 
 def test_generation_hidden_states_equal_a_teacher_forced_pass(pipe):
     """The demo's per-step generate states are the same as one teacher-forced pass over the generated ids."""
-    from model.llava import SmartEditLLaVA
+    from model.llava import base_llava
     from model.mgie.positions import img_hidden_start
 
     m = pipe.model
     image = _image(3)
     _, hidden = pipe.express(image, "add a hat")
     prompt = m.processor.generation_prompt(image, "add a hat")
-    llava = SmartEditLLaVA.inner(m.llava)
+    llava = base_llava(m.llava)
     seq = llava.generate(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"],
                          pixel_values=prompt["clip_pixels"], do_sample=False, max_new_tokens=m.config.max_new_tokens,
                          no_repeat_ngram_size=3, pad_token_id=m.processor.pad_token_id)[0].tolist()
@@ -274,7 +274,7 @@ def test_pipeline_deterministic_for_a_seed(pipe):
 
 @pytest.mark.parametrize("token_rows", ["full", "new_rows"])
 def test_save_pretrained_from_pretrained_same_output(token_rows, tmp_path):
-    from model.llava import SmartEditLLaVA
+    from model.llava import merged_state_dict
     from model.mgie.pipeline import MGIEPipeline
     from model.pipelines import load_pipeline
 
@@ -284,7 +284,7 @@ def test_save_pretrained_from_pretrained_same_output(token_rows, tmp_path):
         assert (tmp_path / "p" / name).exists(), name
     loaded = load_pipeline(tmp_path / "p")
     assert isinstance(loaded, MGIEPipeline) and not hasattr(loaded.model.llava, "peft_config")
-    merged = SmartEditLLaVA.merged_state_dict(pipe.model.llava)
+    merged = merged_state_dict(pipe.model.llava)
     reloaded = loaded.model.llava.state_dict()
     assert set(merged) == set(reloaded)
     assert max(float((merged[k] - reloaded[k]).abs().max()) for k in merged) < 1e-6

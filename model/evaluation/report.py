@@ -13,11 +13,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from data_specs import spec_path
+
 METRICS = ("psnr", "ssim", "lpips", "clip")
 TABLE_METRICS = METRICS + ("ins_align",)
 METRIC_TITLES = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "clip": "CLIP↑", "ins_align": "Ins-align↑"}
 GROUPS = ("understanding", "reasoning")
-PAPER_TABLE = Path(__file__).resolve().parents[2] / "data_specs" / "reason_edit_paper_table1.yaml"
+PAPER_TABLE = spec_path("reason_edit_paper_table1.yaml")
 REPORT_FORMAT = "smartedit-reason-edit-report-v1"
 
 

@@ -11,5 +11,8 @@ its LLaVA wrapper (model/llava.py), UNet and VAE code (model/unet.py). One conce
 - ``pipeline.py``     MGIEPipeline (greedy generation → edit head → three-way CFG InstructPix2Pix sampling)
 - ``train_config.py`` / ``train.py``  the training recipe and its presets (``mgie-7b``, ``tiny``)
 - ``expressive.py``   the expressive-instruction data step (LLaVA description → ≤ 32-word summary)
-- ``importer.py``     the released ``mgie_7b`` checkpoint (``mllm.pt``, ``unet.pt``) → an MGIEPipeline folder
+- ``comparison.py``   one Reason-Edit report comparing SmartEdit and MGIE beside the papers' numbers
+
+The released ``mgie_7b`` weights import with ``smartedit import-checkpoint mgie-official``
+(model/importers/mgie_official.py).
 """

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.llava import SmartEditLLaVA, add_img_tokens, num_image_placeholders
+from model.llava import add_img_tokens, base_llava, encode_image, forward_with_img_tokens, num_image_placeholders
 from model.mgie.config import MGIEConfig
 from model.mgie.edit_head import EditMapper
 from model.mgie.positions import img_hidden_start
@@ -100,7 +100,7 @@ class MGIEModel(nn.Module):
     # -- conditioning -----------------------------------------------------------------------------------------
     def token_embeds(self) -> torch.Tensor:
         """Current embeddings of [IMG0..7], (r, D_llm) (the official ``embed_tokens.weight[-8:]``)."""
-        embed = SmartEditLLaVA.inner(self.llava).get_input_embeddings()
+        embed = base_llava(self.llava).get_input_embeddings()
         ids = torch.tensor(self.img_token_ids, device=self.edit_head.query.device)
         return embed(ids)
 
@@ -121,8 +121,8 @@ class MGIEModel(nn.Module):
     def encode_instruction(self, clip_pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Teacher-forced LLaVA pass: dict(img_hidden (B, r, D_llm), lm_loss scalar (0 without labels))."""
-        _, image_tokens = SmartEditLLaVA.encode_image(self.llava, clip_pixels)
-        return SmartEditLLaVA.forward(self.llava, input_ids, attention_mask, self.predicting_mask(input_ids),
+        _, image_tokens = encode_image(self.llava, clip_pixels)
+        return forward_with_img_tokens(self.llava, input_ids, attention_mask, self.predicting_mask(input_ids),
                                       self.config.num_img_tokens, image_tokens, labels)
 
     def condition(self, img_hidden: torch.Tensor) -> torch.Tensor:
@@ -234,10 +234,10 @@ def build_mgie(config: MGIEConfig, for_inference: bool = False) -> MGIEModel:
             llava.get_input_embeddings().float()
             llava.get_output_embeddings().float()
         if config.gradient_checkpointing:
-            SmartEditLLaVA.inner(llava).gradient_checkpointing_enable(
+            base_llava(llava).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
             unet.enable_gradient_checkpointing()
-    llava_cfg = SmartEditLLaVA.inner(llava).config
+    llava_cfg = base_llava(llava).config
     processor = MGIEProcessor(tokenizer, image_processor, config, llava_cfg.image_token_id,
                               num_image_placeholders(llava_cfg))
     model = MGIEModel(config, llava, edit_head, unet, parts["vae"], processor)

@@ -49,13 +49,13 @@ class MGIEPipeline(SmartEditPipeline):
     # -- persistence ------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the folder layout in the module docstring (trained token rows merged into llava/)."""
-        from model.llava import SmartEditLLaVA
+        from model.llava import base_llava, merged_state_dict
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         m = self.model
-        SmartEditLLaVA.inner(m.llava).save_pretrained(directory / "llava",
-                                                      state_dict=SmartEditLLaVA.merged_state_dict(m.llava))
+        base_llava(m.llava).save_pretrained(directory / "llava",
+                                                      state_dict=merged_state_dict(m.llava))
         m.processor.tokenizer.save_pretrained(directory / "llava")
         m.processor.image_processor.save_pretrained(directory / "llava")
         m.edit_head.save_pretrained(directory / "edit_head")
@@ -100,12 +100,12 @@ class MGIEPipeline(SmartEditPipeline):
     def express(self, image: Image.Image, instruction: str, max_new_tokens: int | None = None
                 ) -> tuple[str, torch.Tensor]:
         """Greedy generation for one image: (expressive instruction, hidden states predicting [IMG0..7] (r, D))."""
-        from model.llava import SmartEditLLaVA
+        from model.llava import base_llava
         from model.mgie.expressive import clean_description
         from model.mgie.positions import img_hidden_start
 
         m, cfg = self.model, self.model.config
-        llava = SmartEditLLaVA.inner(m.llava)
+        llava = base_llava(m.llava)
         prompt = m.processor.generation_prompt(image, instruction)
         device = self.device
         tokenizer = m.processor.tokenizer
@@ -142,7 +142,7 @@ class MGIEPipeline(SmartEditPipeline):
         ``expressive_instructions``."""
         from PIL import Image as PILImage
 
-        from model.processor import pil_to_unit_range
+        from model.processor import pil_to_signed_unit_range
 
         m = self.model
         height = height or m.config.resolution
@@ -160,7 +160,7 @@ class MGIEPipeline(SmartEditPipeline):
         img_hidden = torch.stack([h for _, h in expressed]).to(device)
         context = m.condition(img_hidden).to(dtype)
         null = m.null_condition(1).to(dtype)
-        src = torch.stack([pil_to_unit_range(im, (height, width)) for im in images])
+        src = torch.stack([pil_to_signed_unit_range(im, (height, width)) for im in images])
         image_latents = m.vae.encode(src.to(device, m.vae.dtype)).latent_dist.mode().to(dtype)
         latents = self.denoise(image_latents, context, null, None, num_inference_steps, text_guidance_scale,
                                image_guidance_scale, generator)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from model.processor import IGNORE_INDEX, SmartEditProcessor, pil_to_unit_range
+from model.processor import IGNORE_INDEX, SmartEditProcessor, pil_to_signed_unit_range
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,9 +55,9 @@ class MGIEProcessor(SmartEditProcessor):
         }
         if image is not None:
             sample["clip_pixels"] = self.clip_pixels(image)
-            sample["src_pixels"] = pil_to_unit_range(image, self.config.resolution)
+            sample["src_pixels"] = pil_to_signed_unit_range(image, self.config.resolution)
         if target is not None:
-            sample["tgt_pixels"] = pil_to_unit_range(target, self.config.resolution)
+            sample["tgt_pixels"] = pil_to_signed_unit_range(target, self.config.resolution)
         return sample
 
     def generation_prompt(self, image: Image.Image, instruction: str) -> dict[str, Any]:
