@@ -3,6 +3,7 @@ exact resume, expressive answers in the batches, and the presets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -123,8 +124,9 @@ def test_mgie_7b_recipe_values():
             model.max_new_tokens, model.no_repeat_ngram_size) == (100, 7.5, 1.5, 96, 3)
     assert model.edit_head.hidden_size == 512 and model.edit_head.num_queries == 77
     # 40 epochs of 313,010 InstructPix2Pix pairs at 32 per step, 3 % warm-up
-    assert cfg.resolve_steps(313_010, num_processes=8) == (391_263, 11_738)
-    assert get_mgie_train_preset("mgie-7b", steps=10).resolve_steps(313_010, 8) == (10, 0)
+    steps = cfg.resolve_steps(313_010, num_processes=8)
+    assert steps == 391_263 and dataclasses.replace(cfg, steps=steps).resolved_warmup_steps() == 11_738
+    assert get_mgie_train_preset("mgie-7b", steps=10).resolve_steps(313_010, 8) == 10
 
 
 def test_recipe_command_line_reads_a_config_file(tmp_path):
@@ -134,9 +136,9 @@ def test_recipe_command_line_reads_a_config_file(tmp_path):
     get_mgie_train_preset("mgie-7b", output_dir="runs/x", expressive=["e"]).save_yaml(path)
     cfg = parse_cli(["--config", str(path), "--manifest", "a.json", "--steps", "7"])
     assert (cfg.preset, cfg.lr, cfg.manifests, cfg.expressive) == ("7b", 5e-4, ["a.json"], ["e"])
-    assert (cfg.steps, cfg.epochs, cfg.resolve_steps(100)) == (7, None, (7, 0))  # --steps wins over the epochs
+    assert (cfg.steps, cfg.epochs, cfg.resolve_steps(100)) == (7, None, 7)  # --steps wins over the epochs
     from_file = parse_cli(["--config", str(path)])
-    assert from_file.epochs == 40.0 and from_file.resolve_steps(100) == (1000, 30)  # 40 · 100 / 4 per step
+    assert from_file.epochs == 40.0 and from_file.resolve_steps(100) == 1000  # 40 epochs · 100 samples / 4 per step
 
 
 def test_config_errors_name_the_field(tmp_path):

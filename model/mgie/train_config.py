@@ -42,8 +42,6 @@ class MGIETrainConfig(TrainConfig):
     """Run directory: checkpoints/, tensorboard/, pipeline/, config.yaml."""
     epochs: float | None = None
     """Passes over the mixture's samples; when set, steps = ceil(epochs · samples / global batch)."""
-    warmup_ratio: float | None = None
-    """Warm-up as a fraction of the steps (official: 0.03); overrides warmup_steps when set."""
     expressive: list[str] = field(default_factory=list)
     """Expressive-instruction sidecar dirs (model/mgie/expressive.py); samples without one train on the bare
     [IMG] answer and are counted in the log."""
@@ -54,8 +52,6 @@ class MGIETrainConfig(TrainConfig):
             raise ValueError("MGIETrainConfig has a single stage; leave `stage` at 2")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"MGIETrainConfig.epochs must be > 0, got {self.epochs}")
-        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"MGIETrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
     def model_config(self):
         """The MGIEConfig this run builds: the model preset with ``model`` overrides."""
@@ -66,13 +62,12 @@ class MGIETrainConfig(TrainConfig):
             overrides["gradient_checkpointing"] = self.gradient_checkpointing
         return get_mgie_preset(self.preset, **overrides)
 
-    def resolve_steps(self, num_samples: int, num_processes: int = 1) -> tuple[int, int]:
-        """(steps, warmup steps) for a mixture of ``num_samples`` samples on ``num_processes`` ranks."""
-        steps = self.steps
-        if self.epochs is not None:
-            steps = max(1, math.ceil(self.epochs * num_samples / (self.global_batch_per_rank * num_processes)))
-        warmup = round(self.warmup_ratio * steps) if self.warmup_ratio is not None else self.warmup_steps
-        return steps, warmup
+    def resolve_steps(self, num_samples: int, num_processes: int = 1) -> int:
+        """Optimizer steps for a mixture of ``num_samples`` samples on ``num_processes`` ranks: from ``epochs``
+        when set, else ``steps``. The warm-up is ``warmup_ratio`` of them (``resolved_warmup_steps``)."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * num_samples / (self.global_batch_per_rank * num_processes)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MGIETrainConfig:
@@ -111,7 +106,7 @@ def get_mgie_train_preset(name: str, **overrides: Any) -> MGIETrainConfig:
 
 
 def add_mgie_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """MGIE's own fields (epochs, warmup_ratio, expressive) as options; the fields shared with SmartEdit come from
+    """MGIE's own fields (epochs, expressive) as options; the fields shared with SmartEdit come from
     ``model.train_config.add_train_arguments``. Returns option dest → field."""
     shared = {f.name for f in dataclasses.fields(TrainConfig)}
     group = parser.add_argument_group("MGIE only (with --model mgie)")
