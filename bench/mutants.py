@@ -7,7 +7,8 @@ tree once into a temporary directory, applies the one change there, runs the mut
 - killed: the tests fail (exit code 1; a collection error counts too),
 - survived: the tests pass: a behaviour nothing pins,
 - n/a: the original snippet is not in the file exactly once (the code moved on: update the mutant),
-- timeout: the tests ran past ``--timeout`` (counted as killed by mutmut's convention, reported apart here).
+- timeout: the tests ran past ``--timeout`` (counted as killed, mutmut's convention),
+- baseline-fails: the tests already fail on the unmutated tree (checked first; counted with n/a, never as killed).
 
 Why not mutmut: its random operator mutants on this tree are mostly equivalent or cosmetic (log strings,
 docstrings) and a full run takes hours on two cores; a curated list names the behaviour each mutant breaks, so a
@@ -302,15 +303,24 @@ def _run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> str:
     return f"error(rc={proc.returncode})"
 
 
-def run(mutants: list[Mutant], timeout: float, verbose: bool) -> dict[str, list[tuple[Mutant, str]]]:
+def run(mutants: list[Mutant], timeout: float, verbose: bool, baseline: bool = True) -> dict[str, list[tuple[Mutant, str]]]:
     results: dict[str, list[tuple[Mutant, str]]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
         root = Path(tmp)
         _copy_tree(root)
+        # A mutant only counts as killed if its tests pass on the unmutated tree (else every mutant "dies").
+        broken: set[tuple[str, ...]] = set()
+        if baseline:
+            for tests in dict.fromkeys(m.tests for m in mutants):
+                if all((root / t.split("::")[0]).exists() for t in tests) and _run_tests(root, tests, timeout) != "survived":
+                    broken.add(tests)
+                    print(f"  baseline FAILS: {' '.join(tests)}", file=sys.stderr, flush=True)
         for mutant in mutants:
             path = root / mutant.module
             text = path.read_text() if path.exists() else ""
-            if text.count(mutant.original) != 1:
+            if mutant.tests in broken:
+                outcome = "baseline-fails"
+            elif text.count(mutant.original) != 1:
                 outcome = "n/a"
             else:
                 missing = [t for t in mutant.tests if not (root / t.split("::")[0]).exists()]
@@ -336,7 +346,7 @@ def table(results: dict[str, list[tuple[Mutant, str]]]) -> str:
     for module, rows in results.items():
         killed = sum(o in ("killed", "timeout") for _, o in rows)
         survived = [m.name for m, o in rows if o == "survived"]
-        na = sum(o == "n/a" for _, o in rows)
+        na = sum(o in ("n/a", "baseline-fails") for _, o in rows)
         applicable = len(rows) - na
         rate = f"{100 * killed / applicable:.0f} %" if applicable else "–"
         lines.append(f"| {module} | {len(rows)} | {killed} | {len(survived)} | {na} | {rate} | {', '.join(survived) or '–'} |")
@@ -350,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per test run (default 600)")
     parser.add_argument("--verbose", action="store_true", help="one line per mutant on stderr")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the check that the tests pass unmutated")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if (not args.module or m.module in args.module) and (not args.name or m.name in args.name)]
     if args.list:
@@ -359,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         print("error: no mutant matches --module/--name; see --list", file=sys.stderr)
         return 1
-    results = run(chosen, args.timeout, args.verbose)
+    results = run(chosen, args.timeout, args.verbose, baseline=not args.no_baseline)
     print(table(results))
     survived = sum(o == "survived" for rows in results.values() for _, o in rows)
     return 1 if survived else 0
