@@ -45,6 +45,8 @@ def stack_env() -> dict[str, str]:
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         SMARTEDIT_ROOT=str(ROOT),  # filled into prefect.yaml's pull step at deploy time
+        # the training profile the `train` trigger uses (data_specs/profiles/train); demo unless set
+        SMARTEDIT_PROFILE=os.environ.get("SMARTEDIT_PROFILE", "demo"),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )

@@ -15,12 +15,57 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from data_specs import spec_path
 from flows.common import artifact_key, gpu_slot, markdown
 from model.train import expand_manifests
+
+# Named training profiles (demo, production): the defaults an event-triggered run trains with, chosen when the
+# deployment is made (prefect.yaml passes `profile: "{{ $SMARTEDIT_PROFILE }}"`), so the trigger itself names
+# no preset and a production deployment cannot train the tiny demo model on an event.
+TRAIN_PROFILES = spec_path("profiles", "train")
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FLOW_FIELDS = ("preset", "stage", "steps", "resume", "init_from", "allow_missing_sources", "model", "overrides")
+
+
+def _fill_env(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in os.environ:
+                raise ValueError(f"{where}: ${{{m.group(1)}}} is not set in the run's environment; set it on the "
+                                 f"worker or in the work pool's job variables (env)")
+            return os.environ[m.group(1)]
+        return _ENV_VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _fill_env(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_env(v, where) for v in value]
+    return value
+
+
+def load_train_profile(name: str) -> dict[str, Any]:
+    """data_specs/profiles/train/<name>.yaml (or a YAML path): `train` parameters plus ``allowed_presets``,
+    with ``${VAR}`` filled from the environment. Errors name the profile and the fix."""
+    import yaml
+
+    if "{{" in name:
+        raise ValueError(f"train: profile {name!r} was never filled in: deploy with SMARTEDIT_PROFILE set "
+                         f"(demo or production; `python -m flows.stack start` sets demo)")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else TRAIN_PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TRAIN_PROFILES.glob("*.yaml"))
+        raise ValueError(f"train: profile {name!r}: no {path}; known profiles: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - {*_FLOW_FIELDS, "allowed_presets"})
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}; a profile holds {sorted(_FLOW_FIELDS)} and allowed_presets")
+    return _fill_env(raw, str(path))
 
 
 def _summary(result) -> dict[str, Any]:
@@ -59,6 +104,22 @@ def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     )
 
 
+def resolve_profile(profile: str | None, **given: Any) -> dict[str, Any]:
+    """The flow's parameters with the profile's values where the run left them None; preset ``tiny`` and stage 2
+    when neither names one. Refuses a preset outside the profile's ``allowed_presets``."""
+    allowed = None
+    if profile:
+        defaults = load_train_profile(profile)
+        allowed = defaults.pop("allowed_presets", None)
+        given = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    given = {k: given.get(k) for k in _FLOW_FIELDS}
+    given["preset"], given["stage"] = given["preset"] or "tiny", int(given["stage"] or 2)
+    if allowed is not None and given["preset"] not in allowed:
+        raise ValueError(f"train: profile {profile!r} does not train preset {given['preset']!r} (allowed: {allowed}); "
+                         f"pass a preset it allows or use another profile")
+    return given
+
+
 def train_config(
     preset: str = "tiny",
     stage: int = 2,
@@ -85,8 +146,8 @@ def train_config(
 
 @flow(name="train", log_prints=False)
 def train(
-    preset: str = "tiny",
-    stage: int = 2,
+    preset: str | None = None,
+    stage: int | None = None,
     manifests: list[str] | str | None = None,
     output_dir: str | None = None,
     steps: int | None = None,
@@ -95,12 +156,22 @@ def train(
     allow_missing_sources: bool | None = None,
     model: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
     docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
     "" starts fresh).
     preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
-    them; overrides: any other TrainConfig field. Returns the summary dict."""
+    them; overrides: any other TrainConfig field; profile: a training profile in data_specs/profiles/train
+    (demo, production) or a YAML path whose values fill the parameters left unset (the event trigger passes
+    only this, the manifests and the output dir). Without one: preset tiny, stage 2. Returns the summary dict."""
+    given = resolve_profile(profile, preset=preset, stage=stage, steps=steps, resume=resume, init_from=init_from,
+                            allow_missing_sources=allow_missing_sources, model=model, overrides=overrides)
+    if profile:
+        get_run_logger().info("train: preset %r, stage %d from profile %r", given["preset"], given["stage"], profile)
+    preset, stage, steps, resume = given["preset"], given["stage"], given["steps"], given["resume"]
+    init_from, allow_missing_sources = given["init_from"], given["allow_missing_sources"]
+    model, overrides = given["model"], given["overrides"]
     cfg = train_config(preset, stage, manifests, overrides, output_dir=output_dir, steps=steps, resume=resume,
                        init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
     # validated before the task: bad parameters fail the flow early
