@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -21,6 +20,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
 from flows.common import RunnerKind, is_io_error, make_task_runner, publish_manifests
+from pipeline.storage import as_path
 from pipeline.vocabulary import SOURCE_GROUPS
 
 SEGMENTATION = SOURCE_GROUPS["segmentation"]
@@ -85,7 +85,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
             options_json = json.dumps(params.options, sort_keys=True)
             for split in _splits(params):
                 reader = _reader(params.source, params.root, split, options_json)
-                dataset_dir = Path(output) / reader.dataset_name / split
+                dataset_dir = as_path(output) / reader.dataset_name / split  # local, file:// or s3://
                 make_output_dir(dataset_dir)
                 locks.enter_context(DatasetLock(dataset_dir))
                 plan = prepare_conversion(reader, dataset_dir, shard_size=shard_size, overwrite=overwrite)

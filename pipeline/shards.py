@@ -203,7 +203,7 @@ def dataset_info(path: Path | str) -> DatasetInfo:
             raise ManifestError(f"{index_file}: no provenance.source and counts.sources is {sources}; "
                                 "cannot tell which source this is")
         source = sources[0]
-    return DatasetInfo(str(index_file.resolve()), str(index.get("name", index_file.parent.name)), str(source),
+    return DatasetInfo(str(index_file if is_remote(index_file) else index_file.resolve()), str(index.get("name", index_file.parent.name)), str(source),
                        sum(int(e["nsamples"]) for e in index["shardlist"]), dict(counts.get("kinds") or {}))
 
 
