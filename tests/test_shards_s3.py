@@ -107,6 +107,12 @@ def test_cli_verify_and_inspect_on_urls_and_training_reads(s3, sources, capsys, 
     url = f"s3://{BUCKET}/b/reasonseg-train"
     index = convert(reader, url, shard_size=2)
 
+    # `smartedit convert --out s3://...` (the CLI) writes the same bytes as the library call
+    assert main(["convert", "reasonseg", "--root", str(sources.roots["reasonseg"]), "--out", f"s3://{BUCKET}/c",
+                 "--shard-size", "2"]) == 0
+    capsys.readouterr()
+    assert [s["sha256"] for s in load_manifest(f"s3://{BUCKET}/c/reasonseg/train")["shardlist"]] == \
+        [s["sha256"] for s in index["shardlist"]]
     assert main(["shards", "verify", f"s3://{BUCKET}/b"]) == 0
     assert f"OK  {url}/shardindex.json" in capsys.readouterr().out
     assert main(["shards", "inspect", url, "--json"]) == 0
