@@ -121,20 +121,23 @@ def _run(flow_name: str, allowed: tuple[str, ...], sources, output, shard_size, 
 
 @flow(name="convert-segmentation")
 def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
-                         runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
+                         runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False,
+                         address: str | None = None) -> list[str]:
     """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split)."""
-    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
+    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, address or dask_address, announce, overwrite)
 
 
 @flow(name="convert-vqa")
 def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
-                runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
+                runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False,
+                address: str | None = None) -> list[str]:
     """LLaVA-Instruct-150k → shards."""
-    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
+    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, address or dask_address, announce, overwrite)
 
 
 @flow(name="convert-edit")
 def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
-                 runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
+                 runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False,
+                 address: str | None = None) -> list[str]:
     """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards."""
-    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
+    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, address or dask_address, announce, overwrite)
