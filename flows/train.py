@@ -17,6 +17,9 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,86 @@ def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
     return _summary(result)
 
 
+def torchrun_command(target: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "smartedit") -> list[str]:
+    """``python -m torch.distributed.run`` (torchrun) for ``target`` (``["-m", "model.train_stage2", ...]``): a
+    standalone rendezvous on one node; across nodes a c10d rendezvous at ``rdzv_endpoint`` (host:port of node 0)
+    with this node's rank. torchrun exits non-zero when any rank fails, and stops the others."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node)]
+    if nnodes <= 1:
+        cmd.append("--standalone")
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("train: nnodes > 1 needs rdzv_endpoint (host:port of node 0), e.g. from the work pool's "
+                             "job variables (SMARTEDIT_RDZV_ENDPOINT)")
+        cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_backend", "c10d",
+                "--rdzv_endpoint", rdzv_endpoint, "--rdzv_id", rdzv_id]
+    return cmd + target
+
+
+def stream_command(cmd: list[str], env: dict[str, str], logger, what: str = "torchrun") -> None:
+    """Run ``cmd``, logging each line of its output as it comes (the flow run's log shows every rank's lines);
+    raise with the exit status and the last lines when it fails."""
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            logger.info("%s", line)
+        status = proc.wait()
+    if status != 0:
+        raise RuntimeError(f"train: {what} exited with status {status} (a rank failed); last lines:\n" + "\n".join(tail))
+
+
+def _launch_env(key: str, value: Any, default: Any) -> Any:
+    # a work pool sets node rank and rendezvous per job (job variables → env); a Kubernetes Indexed Job gives
+    # each pod JOB_COMPLETION_INDEX, which is its node rank
+    if value is not None:
+        return value
+    if key == "SMARTEDIT_NODE_RANK" and key not in os.environ and "JOB_COMPLETION_INDEX" in os.environ:
+        return int(os.environ["JOB_COMPLETION_INDEX"])
+    raw = os.environ.get(key)
+    return default if raw is None else type(default)(raw) if default is not None else raw
+
+
+@task(task_run_name="train-stage{stage}-{nnodes}x{nproc_per_node}", cache_policy=None)
+def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                  rdzv_endpoint: str | None = None) -> dict[str, Any]:
+    """Run one stage as ``torchrun -m model.train_stage{stage}`` over nproc_per_node × nnodes processes, streaming
+    their output into this run's log; the summary comes from global rank 0 (node 0)."""
+    from model.train_config import TrainConfig
+
+    cfg = TrainConfig.from_dict({**config, "stage": stage})
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path, result_path = run_dir / f"launch-stage{stage}.yaml", run_dir / f"launch-result-node{node_rank}.json"
+    cfg.save_yaml(config_path)
+    result_path.unlink(missing_ok=True)
+    logger = get_run_logger()
+    cmd = torchrun_command(["-m", f"model.train_stage{stage}", "--config", str(config_path)], nproc_per_node, nnodes,
+                           node_rank, rdzv_endpoint, rdzv_id=f"smartedit-{run_dir.name}")
+    logger.info("launching %s", " ".join(cmd))
+    env = {**os.environ, "SMARTEDIT_RESULT_JSON": str(result_path), "PYTHONUNBUFFERED": "1"}
+    with gpu_slot("cuda" if _cuda() and not cfg.cpu else "cpu"):
+        stream_command(cmd, env, logger)
+    if not result_path.exists():  # nodes other than 0 train as well but report nothing
+        return {"run_dir": str(run_dir), "stage": stage, "node_rank": node_rank}
+    return _summary(RunResultView(json.loads(result_path.read_text())))
+
+
+class RunResultView:
+    """`RunResult` fields read back from the launched run's JSON (for `_summary`)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.__dict__.update(data)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.5g} |" for k, v in summary["final"].items())
     return (
@@ -157,6 +240,10 @@ def train(
     model: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     profile: str | None = None,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
     docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
@@ -164,7 +251,11 @@ def train(
     preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
     them; overrides: any other TrainConfig field; profile: a training profile in data_specs/profiles/train
     (demo, production) or a YAML path whose values fill the parameters left unset (the event trigger passes
-    only this, the manifests and the output dir). Without one: preset tiny, stage 2. Returns the summary dict."""
+    only this, the manifests and the output dir). Without one: preset tiny, stage 2.
+    nproc_per_node × nnodes > 1 launches the recipe with torchrun (one process per GPU, or gloo CPU processes),
+    streams every rank's output into this run's log and fails when any rank fails; across nodes, one flow run per
+    node with its node_rank and the rendezvous host:port of node 0 (defaults: SMARTEDIT_NODE_RANK or a Kubernetes
+    Indexed Job's JOB_COMPLETION_INDEX, SMARTEDIT_RDZV_ENDPOINT). Returns the summary dict."""
     given = resolve_profile(profile, preset=preset, stage=stage, steps=steps, resume=resume, init_from=init_from,
                             allow_missing_sources=allow_missing_sources, model=model, overrides=overrides)
     if profile:
@@ -176,7 +267,15 @@ def train(
                        init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
     # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
-    summary = run_recipe(config, stage)
+    node_rank = _launch_env("SMARTEDIT_NODE_RANK", node_rank, 0)
+    rdzv_endpoint = _launch_env("SMARTEDIT_RDZV_ENDPOINT", rdzv_endpoint, None)
+    if nproc_per_node * nnodes > 1:
+        summary = launch_recipe(config, stage, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+        if "steps" not in summary:
+            get_run_logger().info("node %d of %d finished; node 0 reports the run", node_rank, nnodes)
+            return summary
+    else:
+        summary = run_recipe(config, stage)
     markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config),
              description=f"SmartEdit stage-{stage} training summary")
     get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
