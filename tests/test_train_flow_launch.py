@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,15 +25,19 @@ def _env(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 
-def _flow_logs(flow_run_id) -> str:
+def _flow_logs(flow_run_id, needle: str) -> str:
+    """The flow run's logs as the API holds them (sent in batches: wait until ``needle`` arrived)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
 
-    APILogHandler.flush()
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=1000)
-    return "\n".join(log.message for log in logs)
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        text = "\n".join(log.message for log in logs)
+        if needle in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def test_train_flow_runs_stage2_on_two_gloo_processes_and_resumes(prefect_harness, tmp_path):
@@ -49,7 +54,7 @@ def test_train_flow_runs_stage2_on_two_gloo_processes_and_resumes(prefect_harnes
     step2 = out / "checkpoints" / "step-00000002"
     assert Path(summary["checkpoint"]) == step2 and read_state(step2)["run"]["num_processes"] == 2
 
-    logs = _flow_logs(state.state_details.flow_run_id)  # every rank's lines, streamed into the flow run
+    logs = _flow_logs(state.state_details.flow_run_id, "rank 1/2 draws")  # every rank's lines, streamed into the flow run
     draws = dict(re.findall(r"rank (\d)/2 draws (\[.*?\])", logs))
     assert set(draws) == {"0", "1"} and draws["0"] != draws["1"]
     rng = [torch.load(step2 / "rng" / f"rank-{r:05d}.pt", weights_only=True)["torch"] for r in (0, 1)]
