@@ -39,6 +39,14 @@ def test_retrain_promotes_first_then_skips_unchanged_sources_and_gates(prefect_h
 
     params = _params(samples, tmp_path)
     first = retrain(**params)
+    # training splits only: MagicBrush's dev split is converted (it is an input) but listed as excluded
+    rows = {r["dataset"]: r for r in first["datasets"]}
+    assert rows["magicbrush-dev"]["training"] == "excluded" and "held out" in rows["magicbrush-dev"]["why"]
+    assert {r["split"] for r in rows.values() if r["training"] == "used"} == {"train", "-"}  # "-": synthetic
+    assert not [p for p in first["candidate"]["manifests"] if "/dev/" in p]
+    stages = {s["stage"]: s["status"] for s in first["stages"]}
+    assert stages["convert-segmentation"] == stages["convert-vqa"] == "skipped"  # no sources given: logged, listed
+    assert stages["convert-edit"] == stages["build-synthetic"] == stages["train"] == "ran"
     assert first["promoted"] and first["reasons"] == ["no champion yet"]
     assert {"instructpix2pix", "magicbrush"} and first["skipped"] == []
     registry = json.loads((tmp_path / "registry.json").read_text())
