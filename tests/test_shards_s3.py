@@ -149,3 +149,14 @@ def test_convert_flow_writes_to_a_bucket_and_announces_the_url(s3, sources, pref
     for p in paths:
         index = load_manifest(p)
         assert index["counts"]["in"] == index["counts"]["kept"] + index["counts"]["rejected"]
+
+
+def test_file_urls_are_local_paths(sources, tmp_path):
+    from pipeline.shards import iter_samples
+
+    reader = get_reader("reasonseg", sources.roots["reasonseg"], "train")
+    plain = convert(reader, tmp_path / "plain", shard_size=2)
+    url = convert(reader, f"file://{tmp_path}/url", shard_size=2)
+    assert [s["sha256"] for s in url["shardlist"]] == [s["sha256"] for s in plain["shardlist"]]
+    assert (tmp_path / "url" / "shardindex.json").is_file()
+    assert len(list(iter_samples(f"file://{tmp_path}/url"))) == plain["counts"]["kept"]
