@@ -54,11 +54,6 @@ def as_path(location: Any):
     return Path(location)
 
 
-def location_str(path: Any) -> str:
-    """The location as a user writes it: a local path, or the full URL."""
-    return str(path)
-
-
 def replace(src, dst) -> None:
     """Move the finished temporary ``src`` onto ``dst``: a rename locally; on a bucket a server-side copy (the
     final-named object appears complete, in one step) followed by deleting the temporary."""
@@ -78,9 +73,3 @@ def fsync_dir(path) -> None:
     finally:
         os.close(fd)
 
-
-def local_filename(path) -> str:
-    """``str(path)`` for a local path (for libraries that take file names); object-storage paths raise."""
-    if is_remote(path):
-        raise ValueError(f"{path}: a local file is needed here")
-    return str(path)

@@ -7,6 +7,10 @@ extension, so equal input gives equal bytes; the file is fsync'ed and renamed, a
 ``NAME.stats.json`` written. That stats file is the completion marker and records the shard's
 fingerprint (what shaped its bytes): a rerun skips a shard whose marker has the same fingerprint and
 rewrites every other one (pipeline/convert.py decides, under the dataset lock, whether it may).
+
+The same rule holds on object storage (`pipeline.storage`): the shard is uploaded as the temporary object,
+copied server-side to its final key (a final-named object is always complete) and the temporary deleted,
+and only then is the marker object written.
 """
 
 from __future__ import annotations
