@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -99,7 +99,7 @@ def retrain(
     profile: str | None = None,
     preset: str = "tiny",
     steps: int | None = None,
-    model: dict[str, Any] | None = None,
+    model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
     training_overrides: dict[str, Any] | None = None,
     seeds: list[int] = [0],  # noqa: B006 - a JSON parameter, never mutated
     num_inference_steps: int | None = None,
@@ -123,7 +123,9 @@ def retrain(
             parameter not given explicitly.
         preset: Training preset (tiny, 7b, 13b, 7b-code, 13b-code).
         steps: Optimizer steps of the candidate's stage-2 run (default: the preset's).
-        model: Model-config overrides (checkpoint dirs: llava_dir, unet_dir, vae_dir, clip_text_dir).
+        model: "smartedit" or "mgie" (which model the candidate is; MGIE's model overrides go in
+            training_overrides={"model": {...}}), or SmartEdit model-config overrides (checkpoint dirs: llava_dir,
+            unet_dir, vae_dir, clip_text_dir).
         training_overrides: Any other TrainConfig field of the candidate's run.
         seeds: Evaluation seeds.
         num_inference_steps: Sampler steps at evaluation (default: the pipeline's).
@@ -233,8 +235,13 @@ def retrain(
           + (", ".join(f"{r.name}" for r, _ in selection.excluded) or "none"))
     if not manifests:
         raise ValueError(f"retrain: no training-split manifests under {shards_dir}; convert the sources first")
+    from flows.train import split_model
+
+    model_name, _ = split_model(model)
+    # A champion of the other model cannot initialise this one (different trainable sets): train from scratch then.
+    same_model = champion is not None and champion.get("model", "smartedit") == model_name
     summary = train(preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"), steps=steps,
-                    resume=None, init_from=champion["checkpoint"] if champion else None,
+                    resume=None, init_from=champion["checkpoint"] if same_model else None,
                     allow_missing_sources=True, model=model, overrides=training_overrides)
 
     # 4. evaluate candidate (and the champion, when its metrics on this benchmark are not recorded)
@@ -260,7 +267,7 @@ def retrain(
     policy = PromotionPolicy(tolerances=tolerances) if tolerances else PromotionPolicy()
     decision = decide(candidate_metrics, champion_metrics, policy)
     entry = {
-        "pipeline": summary["pipeline_dir"], "checkpoint": summary["checkpoint"], "metrics": candidate_metrics,
+        "model": model_name, "pipeline": summary["pipeline_dir"], "checkpoint": summary["checkpoint"], "metrics": candidate_metrics,
         "benchmark": benchmark, "protocol": "corrected", "manifests": manifest_hashes(manifests),
         "flow_run_id": str(flow_run.id) if flow_run.id else None,
     }

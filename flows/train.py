@@ -1,4 +1,5 @@
-"""`train`: run a SmartEdit training stage (model/train_stage1.py, model/train_stage2.py) as a Prefect flow.
+"""`train`: run a SmartEdit training stage (model/train_stage1.py, model/train_stage2.py) or MGIE (model/mgie/train.py)
+as a Prefect flow.
 
 Thin: one task runs the recipe and returns a small summary dict; the flow publishes a markdown artifact
 (losses, steps, checkpoint, pipeline dir). On a GPU the task holds one slot of the `gpu` global concurrency
@@ -8,6 +9,7 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
     prefect deployment run train/train -p preset=tiny -p stage=2 -p steps=4 \
         -p manifests='["/data/shards/magicbrush-train/shardindex.json"]' -p output_dir=/data/runs/tiny
+    prefect deployment run train/train -p model=mgie -p preset=tiny -p manifests='["/data/shards/magicbrush"]'
     smartedit train --preset tiny --stage 1 --steps 4 --manifests shards/cc12m/shardindex.json --output-dir runs/s1
 """
 
@@ -21,7 +23,7 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
@@ -79,14 +81,30 @@ def _summary(result) -> dict[str, Any]:
     }
 
 
-@task(task_run_name="train-stage{stage}", cache_policy=None)
-def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
-    """Run one stage in this process; return the run's summary (paths and final losses, no tensors)."""
+MODELS = ("smartedit", "mgie")
+
+
+def split_model(model: str | dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """The flow's ``model`` parameter → (which model, model-config overrides): "smartedit" or "mgie" names the
+    model; a mapping is SmartEdit's model-config overrides (as before MGIE existed)."""
+    if model is None or isinstance(model, dict):
+        return "smartedit", model
+    if model not in MODELS:
+        raise ValueError(f"train: parameter 'model' is {model!r}; choose one of {list(MODELS)} (or pass model-config "
+                         f"overrides as a mapping)")
+    return model, None
+
+
+@task(task_run_name="train-{model_name}-stage{stage}", cache_policy=None)
+def run_recipe(config: dict[str, Any], stage: int, model_name: str = "smartedit") -> dict[str, Any]:
+    """Run one stage (MGIE: its only one) in this process; return the run's summary (paths and final losses)."""
     import torch
 
     from model.train import run
     from model.train_config import TrainConfig
 
+    if model_name == "mgie":
+        from model.mgie.train_config import MGIETrainConfig as TrainConfig  # noqa: F811 - MGIE's own fields
     cfg = TrainConfig.from_dict({**config, "stage": stage})
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
@@ -199,10 +217,11 @@ def _datasets_markdown(rows: list[dict[str, Any]]) -> str:
             + "\n".join(lines) + "\n")
 
 
-def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
+def _markdown(summary: dict[str, Any], config: dict[str, Any], model_name: str = "smartedit") -> str:
     rows = "\n".join(f"| {k} | {v:.5g} |" for k, v in summary["final"].items())
+    title = "MGIE" if model_name == "mgie" else f"SmartEdit stage {summary['stage']}"
     return (
-        f"# SmartEdit stage {summary['stage']} — preset `{config['preset']}`\n\n"
+        f"# {title} — preset `{config['preset']}`\n\n"
         f"Steps {summary['start_step']} → **{summary['steps']}**\n\n"
         f"| final | value |\n|---|---|\n{rows}\n\n"
         f"- checkpoint: `{summary['checkpoint']}`\n- pipeline: `{summary['pipeline_dir']}`\n"
@@ -232,12 +251,20 @@ def train_config(
     stage: int = 2,
     manifests: list[str] | str | None = None,
     overrides: dict[str, Any] | None = None,
+    model_name: str = "smartedit",
     **fields: Any,
 ):
     """The flow's TrainConfig: the (stage, preset) preset with the parameters given (not None) on top. Every
-    TrainConfig field is reachable, by name or through ``overrides``; defaults are the preset's, never the flow's."""
+    TrainConfig field is reachable, by name or through ``overrides``; defaults are the preset's, never the flow's.
+    ``model_name="mgie"``: an MGIETrainConfig (one stage; presets tiny, mgie-7b; its extra fields via overrides)."""
     from model.train_config import TrainConfig, get_train_preset
 
+    if model_name == "mgie":
+        from model.mgie.train_config import MGIETrainConfig as TrainConfig  # noqa: F811 - MGIE's own fields
+        from model.mgie.train_config import get_mgie_train_preset
+
+        if int(stage) != 2:
+            raise ValueError("train: MGIE has a single stage; leave 'stage' at 2")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides or {}) - known)
     if unknown:
@@ -248,6 +275,8 @@ def train_config(
     manifests = expand_manifests(manifests)
     if not manifests:
         raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
+    if model_name == "mgie":
+        return get_mgie_train_preset(preset, **given, manifests=manifests)
     return get_train_preset(stage, preset, **given, manifests=manifests)
 
 
@@ -261,7 +290,7 @@ def train(
     resume: str | None = None,
     init_from: str | None = None,
     allow_missing_sources: bool | None = None,
-    model: dict[str, Any] | None = None,
+    model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     profile: str | None = None,
     nproc_per_node: int = 1,
@@ -276,7 +305,9 @@ def train(
     them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
     field; profile: a training profile in data_specs/profiles/train (demo, production) or a YAML path whose values
     fill the parameters left unset (the event trigger passes only this, the manifests and the output dir). Without
-    one: preset tiny, stage 2. A run that trains zero steps fails.
+    one: preset tiny, stage 2. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one
+    stage, presets tiny and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit
+    model-config overrides.
     nproc_per_node × nnodes > 1 launches the recipe with torchrun (one process per GPU, or gloo CPU processes),
     streams every rank's output into this run's log and fails when any rank fails; across nodes, one flow run per
     node with its node_rank and the rendezvous host:port of node 0 (defaults: SMARTEDIT_NODE_RANK or a Kubernetes
@@ -288,8 +319,13 @@ def train(
     preset, stage, steps, resume = given["preset"], given["stage"], given["steps"], given["resume"]
     init_from, allow_missing_sources = given["init_from"], given["allow_missing_sources"]
     model, overrides = given["model"], given["overrides"]
-    cfg = train_config(preset, stage, manifests, overrides, output_dir=output_dir, steps=steps, resume=resume,
-                       init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
+    model_name, model_overrides = split_model(model)
+    if model_name == "mgie" and nproc_per_node * nnodes > 1:
+        raise ValueError("train: nproc_per_node/nnodes launch the SmartEdit recipes (model.train_stageN); "
+                         "train MGIE with nproc_per_node=1")
+    cfg = train_config(preset, stage, manifests, overrides, model_name=model_name, output_dir=output_dir, steps=steps,
+                       resume=resume, init_from=init_from, allow_missing_sources=allow_missing_sources,
+                       model=model_overrides)
     used, dataset_rows = select_manifests(list(cfg.manifests), stage)
     if used != list(cfg.manifests):
         cfg = dataclasses.replace(cfg, manifests=used)
@@ -307,9 +343,11 @@ def train(
             get_run_logger().info("node %d of %d finished; node 0 reports the run", node_rank, nnodes)
             return summary
     else:
-        summary = run_recipe(config, stage)
-    markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config) + _datasets_markdown(dataset_rows),
-             description=f"SmartEdit stage-{stage} training summary: steps, losses, datasets used and excluded")
+        summary = run_recipe(config, stage, model_name)
+    key = ("train", "mgie", cfg.preset) if model_name == "mgie" else ("train", f"stage{stage}", cfg.preset)
+    title = "MGIE" if model_name == "mgie" else f"SmartEdit stage-{stage}"
+    markdown(artifact_key(*key), _markdown(summary, config, model_name) + _datasets_markdown(dataset_rows),
+             description=f"{title} training summary: steps, losses, datasets used and excluded")
     if summary["steps"] - summary["start_step"] <= 0:
         # A resumed run already at its final step would otherwise "complete" having done nothing.
         raise RuntimeError(f"train: trained 0 steps: {summary['run_dir']} already holds a checkpoint at step "

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
         "evaluate",
         help="run an editor over Reason-Edit (or evaluation shards) and write metrics, report, grids, judging page",
     )
-    p.add_argument("--model", required=True, help="SmartEditPipeline directory (save_pretrained output)")
+    p.add_argument("--model", required=True, help="SmartEditPipeline or MGIEPipeline directory (save_pretrained output)")
     p.add_argument("--benchmark", required=True, help="Reason-Edit directory, a directory of .tar shards, or a shard pattern")
     p.add_argument("--protocol", choices=("corrected", "official"), default="corrected",
                    help="corrected (default) fixes the released script's quirks; official reproduces them")

@@ -37,13 +37,13 @@ class Editor(Protocol):
 
 
 def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
-    """SmartEditPipeline from a saved pipeline directory (``save_pretrained`` output)."""
-    from model.pipeline import SmartEditPipeline
+    """SmartEditPipeline or MGIEPipeline from a saved pipeline directory (``save_pretrained`` output)."""
+    from model.pipelines import load_pipeline
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: pipeline directory not found")
-    return SmartEditPipeline.from_pretrained(model_dir, device=device)
+    return load_pipeline(model_dir, device=device)
 
 
 def _one_image(output: Any, key: str) -> Image.Image:
