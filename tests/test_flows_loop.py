@@ -67,6 +67,12 @@ def _render_trigger(payload_output: str) -> dict:
 
     deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"] if d["name"] == "train")
     params = copy.deepcopy(deployment["triggers"][0]["parameters"])
+    # deploy time first: `{{ $SMARTEDIT_PROFILE }}` from the deploying shell (the stack deploys with demo)
+    from prefect.utilities.templating import apply_values
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMARTEDIT_PROFILE", "demo")
+        params = apply_values(params, dict(os.environ), remove_notset=False)
     RunDeployment._upgrade_v1_templates(params)
     event = ReceivedEvent(id=uuid.uuid4(), occurred=datetime.now(timezone.utc), event="shards.built",
                           resource={"prefect.resource.id": "smartedit.shards.build-synthetic"},
