@@ -164,7 +164,11 @@ def test_specific_deployment_settings():
     assert train["concurrency_limit"] == 1
     trig = train["triggers"][0]
     assert trig["expect"] == ["shards.built"] and trig.get("enabled", True)
-    assert trig["parameters"]["stage"] == 2
+    assert trig["parameters"]["profile"] == "{{ $SMARTEDIT_PROFILE }}"  # filled at deploy time
+    from data_specs import spec_path
+
+    for name in ("demo", "production"):  # every training profile trains stage 2 on an event
+        assert yaml.safe_load(spec_path(f"profiles/train/{name}.yaml").read_text())["stage"] == 2
     assert "event.payload.output" in trig["parameters"]["manifests"]
     nightly = deps["scheduled-retrain"]
     assert [s["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]

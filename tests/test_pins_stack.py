@@ -120,7 +120,7 @@ def test_deploy_all_creates_every_deployment_as_declared(prefect_harness, tmp_pa
                 client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
             except Exception:  # already there from another test of the session
                 pass
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), SMARTEDIT_ROOT=str(REPO),
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), SMARTEDIT_ROOT=str(REPO), SMARTEDIT_PROFILE="demo",
                PREFECT_HOME=str(tmp_path / "home"))
     exe = Path(sys.executable).with_name("prefect")
     done = subprocess.run([str(exe), "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True,

@@ -71,7 +71,8 @@ def test_a_failing_rank_fails_the_launch(tmp_path):
     from flows.train import stream_command, torchrun_command
 
     script = tmp_path / "rank.py"
-    script.write_text("import os, sys\nprint('rank', os.environ['RANK'], 'up', flush=True)\n"
+    # one write(2) per line: two ranks share torchrun's stdout, and print() may split a line into several writes
+    script.write_text("import os, sys\nos.write(1, f\"rank {os.environ['RANK']} up\\n\".encode())\n"
                       "sys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
     lines = []
 
