@@ -51,7 +51,10 @@ def test_pairs_by_sorted_order(tmp_path):
 def test_mismatched_counts_name_the_folder_and_the_counts(tmp_path):
     make_reason_edit(tmp_path, per_category=2)
     (tmp_path / "3-Mirror" / "002_mask.jpg").unlink()
-    with pytest.raises(ValueError, match=r"3-Mirror: 2 input images \(\*\.png\), 1 masks .* and 2 prompt lines"):
+    with pytest.raises(ValueError, match=r"3-Mirror: no mask for \['002.png'\]; each input <stem>.png needs <stem>_mask.jpg"):
+        read_reason_edit(tmp_path)
+    (tmp_path / "3-Mirror" / "002.png").unlink()  # now the counts differ: 1 input, 2 prompt lines
+    with pytest.raises(ValueError, match=r"3-Mirror: 1 input images \(\*\.png\) with masks and 2 prompt lines"):
         read_reason_edit(tmp_path)
 
 

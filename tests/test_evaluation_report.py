@@ -123,9 +123,10 @@ def test_category_grids(official_run):
     assert np.abs(tile - expected).max() <= 1
 
 
-def _judgements(judge: str, verdicts: dict[tuple[str, int], bool], groups: dict[str, tuple[str, str]]) -> dict:
+def _judgements(judge: str, verdicts: dict[tuple[str, int], bool], groups: dict[str, tuple[str, str]],
+                page_id: str = "p") -> dict:
     return {
-        "format": JUDGEMENTS_FORMAT, "page_id": "p", "judge": judge, "exported_at": "2024-01-01T00:00:00Z",
+        "format": JUDGEMENTS_FORMAT, "page_id": page_id, "judge": judge, "exported_at": "2024-01-01T00:00:00Z",
         "total": len(verdicts),
         "judgements": [{"key": k, "seed": s, "category": groups[k][0], "group": groups[k][1], "follows": v}
                        for (k, s), v in verdicts.items()],
@@ -167,15 +168,22 @@ def test_ins_align_cli_updates_the_report(official_run, tmp_path, capsys):
     report.write_json(run_dir / "report.json")
     verdicts = {(r.key, r.seed): r.category != "3-Mirror" for r in report.records}
     where = {r.key: (r.category, r.group) for r in report.records}
-    judgements = tmp_path / "j.json"
-    judgements.write_text(json.dumps(_judgements("carol", verdicts, where)))
-
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))
+    # an export from another page (another model, benchmark or protocol) is refused
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(_judgements("mallory", verdicts, where, page_id="other-model-corrected-0123")))
+    args = parser.parse_args(["ins-align", str(foreign), "--report", str(run_dir / "report.json")])
+    with pytest.raises(ValueError, match=r"foreign.json: exported from judging page 'other-model-corrected-0123'"):
+        args.func(args)
+
+    judgements = tmp_path / "j.json"
+    del verdicts[report.records[0].key, report.records[0].seed]  # one pair left unjudged: coverage 23 of 24
+    judgements.write_text(json.dumps(_judgements("carol", verdicts, where, page_id=report.page_id)))
     args = parser.parse_args(["ins-align", str(judgements), "--report", str(run_dir / "report.json"),
                               "--out", str(tmp_path / "ins.json")])
     assert args.func(args) == 0
-    expected_understanding = 16 / 20  # 3-Mirror (4 of 20 understanding pairs) does not follow
+    expected_understanding = 15 / 19  # 3-Mirror (4 of the 19 judged understanding pairs) does not follow
     updated = EvaluationReport.read_json(run_dir / "report.json")
     assert updated.groups["understanding"].ins_align == pytest.approx(expected_understanding)
     assert updated.groups["reasoning"].ins_align == pytest.approx(1.0)
@@ -184,6 +192,8 @@ def test_ins_align_cli_updates_the_report(official_run, tmp_path, capsys):
     assert f"{expected_understanding:.3f}" in ours
     assert json.loads((tmp_path / "ins.json").read_text())["groups"]["understanding"] == pytest.approx(expected_understanding)
     assert "understanding" in capsys.readouterr().out
+    assert updated.ins_align_coverage == {"judged": 23, "total": 24}
+    assert "Ins-align coverage: 23 of 24 (item, seed) pairs judged" in (run_dir / "report.md").read_text()
 
 
 def test_evaluate_cli_parses_its_options():
