@@ -33,7 +33,8 @@ def _call_parameters(editor: Any) -> tuple[dict[str, inspect.Parameter], bool]:
 def inference_settings(editor: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The keyword arguments every editor call gets: the saved pipeline's settings, then ``overrides``.
 
-    Only names the editor's call accepts are kept (a baseline takes none); explicit overrides always pass.
+    Only names the editor's call accepts are kept: a baseline such as ``identity`` takes none, so sampling
+    overrides do not apply to it.
     """
     params, var_kw = _call_parameters(editor)
     settings: dict[str, Any] = {}
@@ -50,7 +51,7 @@ def inference_settings(editor: Any, overrides: dict[str, Any] | None = None) -> 
             for name in ("height", "width"):
                 if name in params or var_kw:
                     settings[name] = int(resolution)
-    settings.update(overrides or {})
+    settings.update({k: v for k, v in (overrides or {}).items() if k in params or var_kw})
     return settings
 
 

@@ -38,13 +38,21 @@ class Editor(Protocol):
 
 
 def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
-    """A built-in baseline (``identity``, ``random-recolour``, also as ``baseline:<name>``), or a SmartEditPipeline
-    from a saved pipeline directory (``save_pretrained`` output)."""
+    """A built-in baseline (``identity``, ``random-recolour``, also as ``baseline:<name>``), an editor named by
+    import path (``py:package.module:attribute``, any callable with the ``SmartEditPipeline`` call shape), or a
+    SmartEditPipeline from a saved pipeline directory (``save_pretrained`` output)."""
     from model.evaluation.baselines import BASELINES, baseline_name
 
     name = baseline_name(str(model_dir))
     if name is not None and not Path(model_dir).exists():
         return BASELINES[name]
+    if str(model_dir).startswith(IMPORT_PREFIX):
+        import importlib
+
+        module_name, _, attr = str(model_dir).removeprefix(IMPORT_PREFIX).partition(":")
+        if not attr:
+            raise ValueError(f"{model_dir}: expected py:package.module:attribute")
+        return getattr(importlib.import_module(module_name), attr)
     from model.pipeline import SmartEditPipeline
 
     model_dir = Path(model_dir)
@@ -53,6 +61,9 @@ def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
             f"{model_dir}: pipeline directory not found (or a built-in baseline: {', '.join(BASELINES)})"
         )
     return SmartEditPipeline.from_pretrained(model_dir, device=device)
+
+
+IMPORT_PREFIX = "py:"
 
 
 def model_fingerprint(editor: Editor | Path | str) -> str:
@@ -64,6 +75,8 @@ def model_fingerprint(editor: Editor | Path | str) -> str:
         name = baseline_name(str(editor))
         if name is not None and not Path(editor).exists():
             return f"baseline:{name}"
+        if str(editor).startswith(IMPORT_PREFIX):
+            return str(editor)
         return fingerprint(Path(editor).resolve()) or str(editor)
     return f"callable:{getattr(editor, '__name__', type(editor).__name__)}"
 
