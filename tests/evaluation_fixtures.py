@@ -163,3 +163,17 @@ def sloppy_editor(image: Image.Image, instruction: str, *, generator=None) -> Im
     a = np.clip(a + 4, 0, 255)
     a[blue] = RED
     return Image.fromarray(a.astype(np.uint8), "RGB")
+
+
+def make_tiny_dino(path: Path, image_size: int = 32) -> Path:
+    """A random 2-layer DINOv2 (transformers Dinov2Model) and its image processor, saved with save_pretrained."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=image_size, patch_size=8)
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                      do_convert_rgb=True).save_pretrained(path)
+    return path
