@@ -8,8 +8,8 @@ Two questions per edit, asked of a LLaVA loaded from a local directory (transfor
 * perceptual quality (PQ): given the edited image, 0–10 for naturalness and 0–10 for the absence of artifacts.
 
 VIEScore's overall score is sqrt(min(SC) · min(PQ)); we report it divided by 10, in [0, 1]. Replies are parsed
-robustly (``parse_scores``): a JSON object with a ``score`` list, else the numbers after "score"-like words,
-else any numbers in 0–10; an unparseable reply gives None and a note, never a crash or a made-up number.
+robustly (``parse_scores``): a JSON object with a ``score`` list, else "n/10" pairs, else the numbers right after
+a "score" word; an unparseable reply gives None and a note, never a crash or a made-up number.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ PQ_PROMPT = (
     "only: {\"score\": [s1, s2], \"reasoning\": \"...\"}"
 )
 
-_NUMBER = r"(?<![\d.])(10(?:\.0+)?|\d(?:\.\d+)?)(?![\d.])"
+_NUMBER = r"(?<![\d.])(10(?:\.0+)?|\d(?:\.\d+)?)(?!\d|\.\d)"
 
 
 def parse_scores(reply: str, expected: int = 2) -> list[float] | None:
     """The ``expected`` scores in 0–10 from a judge's reply, or None when they cannot be found.
 
     Accepts a JSON object (possibly inside prose or a code fence) with ``score``/``scores`` as a list or a number,
-    "score: 7, 8", "8/10 and 6/10", or just numbers; values outside 0–10 are not scores.
+    "8/10 and 6/10", or "score: 7, 8"; values outside 0–10 and bare numbers in prose are not scores.
     """
     for match in re.finditer(r"\{.*?\}", reply, flags=re.S):
         try:
@@ -64,12 +64,14 @@ def parse_scores(reply: str, expected: int = 2) -> list[float] | None:
     out_of_ten = [float(m) for m in re.findall(_NUMBER + r"\s*/\s*10\b", reply)]
     if len(out_of_ten) >= expected:
         return out_of_ten[:expected]
-    after_word = re.search(r"scores?\s*[:=]?\s*\[?\s*(.*)", reply, flags=re.I | re.S)
-    for text in ([after_word.group(1)] if after_word else []) + [reply]:
-        numbers = [float(m) for m in re.findall(_NUMBER, text)]
+    # "score: 7, 8" / "scores [7, 8]": numbers right after a score word, separated by commas, "and" or spaces only
+    after_word = re.search(r"scores?\s*[:=]?\s*\[?\s*(" + _NUMBER + r"(?:\s*(?:,|and)?\s*" + _NUMBER + r")*)", reply,
+                           flags=re.I)
+    if after_word:
+        numbers = [float(m) for m in re.findall(_NUMBER, after_word.group(1))]
         if len(numbers) >= expected:
             return numbers[:expected]
-    return None
+    return None  # bare numbers in prose ("the 3 cups") are not scores
 
 
 @dataclass
