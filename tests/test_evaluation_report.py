@@ -206,3 +206,86 @@ def test_evaluate_cli_parses_its_options():
     assert (args.protocol, args.seeds, args.clip, args.lpips) == ("official", [0, 3], "c", "l")
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "paper"])
+
+
+# ---------------------------------------------------------------- PSNR beside its capped mean, settings, page ids
+def test_pooled_error_psnr_median_and_capped_count_beside_the_capped_mean():
+    import math
+
+    from model.evaluation.report import ItemRecord, aggregate
+
+    # seven items, one with an identical background (PSNR capped at 100): the mean jumps, pooled/median do not
+    mses = [10 ** (-p / 10) for p in (28.0, 29.5, 30.0, 31.0, 30.5, 32.0)] + [0.0]
+    records = [ItemRecord(key=f"k{i}", category="c", group="understanding", seed=0, instruction="i", clip_text=None,
+                          output="o", mse=m, psnr=100.0 if m == 0 else 10 * math.log10(1 / m),
+                          notes=["psnr capped at 100 dB (identical background)"] if m == 0 else [])
+               for i, m in enumerate(mses)]
+    agg = aggregate(records)
+    psnrs = np.array([r.psnr for r in records])
+    assert agg.psnr == pytest.approx(psnrs.mean()) and agg.psnr > 40
+    assert agg.psnr_pooled == pytest.approx(10 * np.log10(1 / np.mean(mses)))  # numpy, independent
+    assert agg.psnr_median == pytest.approx(float(np.median(psnrs))) == 30.5
+    assert agg.psnr_capped == 1 and agg.psnr_pooled < 32
+
+
+def test_report_names_settings_metric_models_capped_count_and_the_comparability_note(bench, tmp_path_factory):
+    from evaluation_fixtures import make_tiny_lpips
+
+    lpips_dir = make_tiny_lpips(tmp_path_factory.mktemp("w") / "lpips", "alex")
+    out = tmp_path_factory.mktemp("identity")
+    report = evaluate("identity", bench, out, lpips_dir=lpips_dir, judging_page=False, grids=False)
+    md = (out / "report.md").read_text()
+    assert "corrected protocol: these rows are NOT comparable with the paper's Table 1" in md
+    assert "- PSNR: 12 of 12 values capped at 100 dB" in md  # identity: every background identical
+    assert "- Ins-align coverage: 0 of 12 (item, seed) pairs judged" in md
+    assert f"| benchmark_hash | `{report.settings['benchmark_hash']}` |" in md
+    assert f"alex:{lpips_dir}@" in md  # the LPIPS backbone and its weights directory
+    # instruction-following columns sit in a table right after Table 1; identity changes nothing
+    table = md[md.index("## Instruction following"):md.index("## Per category")]
+    assert table.count("| 0.000 |") >= 2 and "| understanding | 10 | 100.000 | inf | 100.000 | 10 |" in table
+    assert all(r.ssim == 1.0 and r.lpips == 0.0 and r.fg_change == 0.0 for r in report.records)
+    again = EvaluationReport.read_json(out / "report.json")
+    assert again.groups["understanding"].psnr_pooled == float("inf") and again.settings == report.settings
+
+
+def test_benchmark_hash_follows_content_and_page_ids_differ_per_model(bench, tmp_path):
+    import shutil
+
+    from model.evaluation.evaluate import judging_page_id
+    from model.evaluation.reason_edit import benchmark_hash, read_benchmark
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bench, copy)
+    assert benchmark_hash(read_benchmark(copy)) == benchmark_hash(read_benchmark(bench))  # content, not path
+    mask = next(copy.glob("4-Color/*_mask.jpg"))
+    mask.write_bytes(mask.read_bytes() + b"\0")
+    assert benchmark_hash(read_benchmark(copy)) != benchmark_hash(read_benchmark(bench))
+    # two models whose directories are both called "pipeline" get different pages (and localStorage slots)
+    a = judging_page_id("runs/a/pipeline@1111", "h", "corrected")
+    b = judging_page_id("runs/b/pipeline@2222", "h", "corrected")
+    assert a != b and a.startswith("pipeline-corrected-") and judging_page_id("runs/a/pipeline@1111", "h", "official") != a
+
+
+def test_judging_page_uses_jpeg_thumbnails_loaded_lazily(tmp_path):
+    import base64
+    import io
+    import re
+
+    from evaluation_fixtures import pattern_image
+
+    from model.evaluation.judging import JudgingEntry, write_judging_page
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(6):
+        src, out = tmp_path / f"in{i}.png", tmp_path / f"out{i}.png"
+        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(src)  # incompressible 512-px PNG
+        pattern_image(i, 512).save(out)
+        entries.append(JudgingEntry(f"c/{i}", 0, "c", "understanding", "do it", src, out))
+    page = write_judging_page(entries, tmp_path / "judging.html", page_id="m-corrected-0123456789abcdef").read_text()
+    uris = re.findall(r'"data:image/(\w+);base64,([^"]+)"', page)
+    assert len(uris) == 12 and {fmt for fmt, _ in uris} == {"jpeg"}
+    with Image.open(io.BytesIO(base64.b64decode(uris[0][1]))) as thumb:
+        assert max(thumb.size) == 256
+    assert 'im.loading = "lazy"' in page and '"ins-align:" + PAGE_ID' in page
+    assert len(page) < 6 * 2 * 60_000  # a 512-px noise PNG is ~790 KB; its thumbnail a few tens of KB
