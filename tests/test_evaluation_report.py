@@ -109,6 +109,8 @@ def test_corrected_report_differs_from_official_and_has_na_columns(official_run,
     assert corrected.groups["understanding"].missing == {"lpips": 20, "clip": 20}
     md = (out / "report.md").read_text()
     assert "**corrected**" in md and not any("never scores" in f for f in corrected.flags)
+    ours = next(ln for ln in md.splitlines() if ln.startswith("| **ours"))
+    assert "| **corrected** (not comparable) |" in ours
 
 
 def test_category_grids(official_run):
@@ -202,8 +204,9 @@ def test_evaluate_cli_parses_its_options():
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "official",
-                              "--seeds", "0", "3", "--clip", "c", "--lpips", "l"])
+                              "--seeds", "0", "3", "--clip", "c", "--lpips", "l", "--dino", "d", "--vlm-judge", "v"])
     assert (args.protocol, args.seeds, args.clip, args.lpips) == ("official", [0, 3], "c", "l")
+    assert (args.dino, args.vlm_judge, args.steps) == ("d", "v", None)  # steps: None = the saved pipeline's
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "paper"])
 

@@ -250,7 +250,8 @@ class EvaluationReport:
             cells = [f"{row.method} (paper)", f"paper ({paper.protocol})"]
             cells += [_fmt(getattr(getattr(row, g), m)) for g in GROUPS for m in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
-        ours = [f"**ours: {Path(self.model).name or self.model}**", f"**{self.protocol}**"]
+        protocol_cell = f"**{self.protocol}**" + (" (not comparable)" if self.protocol != paper.protocol else "")
+        ours = [f"**ours: {Path(self.model).name or self.model}**", protocol_cell]
         for g in GROUPS:
             agg = self.groups.get(g)
             ours += [_fmt(getattr(agg, m) if agg else None) for m in TABLE_METRICS]
