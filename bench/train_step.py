@@ -25,9 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -203,16 +201,6 @@ def build_7b_shaped_components(device) -> dict:
             "text_encoder": text_encoder, "text_tokenizer": clip_tok}
 
 
-@contextmanager
-def in_memory_components(parts: dict):
-    """build_smartedit loads real presets from directories only; hand it the in-memory parts instead
-    (the directory check is satisfied with an empty temp dir)."""
-    import model.smartedit as smartedit
-
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(smartedit, "_load_components", lambda cfg: parts):
-        yield {name: tmp for name in ("llava_dir", "unet_dir", "vae_dir", "clip_text_dir")}
-
-
 def matmul_ceiling(device, n: int = 8192, iters: int = 50) -> float:
     """Measured dense bf16 matmul throughput (FLOP/s): the MFU denominator."""
     import torch
@@ -247,13 +235,12 @@ def run_gpu(args) -> dict:
 
     from model.config import get_preset
     from model.pipeline import SmartEditPipeline
-    from model.smartedit import build_smartedit
+    from model.smartedit import assemble_smartedit
 
     device = torch.device("cuda")
     ceiling = matmul_ceiling(device)
-    parts = build_7b_shaped_components(device)
-    with in_memory_components(parts) as dirs:
-        model = build_smartedit(get_preset("7b", stage=2, **dirs)).to(device)
+    # 7B-shaped parts built in memory, handed to the assembly seam (no checkpoint directories needed)
+    model = assemble_smartedit(get_preset("7b", stage=2), build_7b_shaped_components(device)).to(device)
     n_params = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("llava", "unet", "qformer", "bim")}
     n_train = sum(p.numel() for p in model.trainable_parameters(2).values())
     rows = []

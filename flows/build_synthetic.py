@@ -7,18 +7,22 @@ a GPU hold a slot of the global concurrency limit ``gpu``; with ``strict=False``
 warns and runs when that limit does not exist (as under the test harness), the local stack creates it.
 
     prefect deployment run build-synthetic/build-synthetic \
-        -p input=/data/samples -p output=/data/shards/synthetic -p scenarios='{"left_right": 50}'
+        -p input=/data/samples -p output=/data/shards/synthetic -p config='{"scenarios": {"left_right": 50}}'
+
+``config`` is the `SyntheticConfig` itself (a pydantic model: Prefect validates it and shows its fields), so the
+flow declares none of its fields again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.common import RunnerKind, artifact_key, gpu_slot, is_io_error, make_task_runner, publish_manifests
+from pipeline.synthetic.config import SyntheticConfig
 
 
 @task(task_run_name="plan")
@@ -56,37 +60,24 @@ def build_synthetic(
     images: str | None = None,
     splits: list[str] | None = None,
     scenes: str | None = None,
-    scenarios: dict[str, int] | None = None,
-    operations: list[str] | None = None,
-    sam_checkpoint: str | None = None,
-    sam_type: str = "vit_h",
-    inpaint_dir: str | None = None,
-    clip_dir: str | None = None,
-    llm_dir: str | None = None,
-    device: str = "cpu",
-    batch_size: int = 4,
-    seed: int = 0,
-    eval_sets: list[str] | None = None,
-    shard_size: int = 64,
-    options: dict[str, Any] | None = None,
+    config: SyntheticConfig | None = None,
+    preset: Literal["tiny", "sd15"] | None = None,
     workers: int = 1,
     runner: RunnerKind = "threads",
     announce: bool = True,
 ) -> dict[str, Any]:
-    """Plan, write one shard per task, finalise. ``input``: a sample-data directory, a COCO instances JSON
-    (+ ``images``), or converted referring shards (a dataset directory / ``shardindex.json``, or a
-    directory of them; see `pipeline.synthetic.build.BuildInputs`). ``scenes``: a scenes.json with mirror
-    regions. ``options``: any other SyntheticConfig field (thresholds,
-    inpainting steps and resolution, ...). ``announce``: emit `shards.built` (starts the `train`
-    deployment's trigger); pass False when a calling flow trains itself. Returns paths and counts."""
+    """Plan, write one shard per task, finalise. ``input``, ``images``, ``splits``, ``scenes``: where the scenes
+    come from (`pipeline.synthetic.build.BuildInputs`: a sample-data directory, a COCO instances JSON + its
+    images, or converted referring shards; a scenes.json with mirror regions). ``config``: the build's
+    `SyntheticConfig` (scenarios, models, thresholds, ...; a mapping of its fields); ``preset``: start from
+    `SyntheticConfig.preset` with the fields given in ``config`` on top. ``announce``: emit `shards.built` (starts
+    the `train` deployment's trigger); pass False when a calling flow trains itself. Returns paths and counts."""
     from pipeline.synthetic.build import BuildInputs
-    from pipeline.synthetic.config import SyntheticConfig
 
     logger = get_run_logger()
-    fields = {"scenarios": scenarios, "operations": operations, "sam_checkpoint": sam_checkpoint, "sam_type": sam_type,
-              "inpaint_dir": inpaint_dir, "clip_dir": clip_dir, "llm_dir": llm_dir, "device": device,
-              "batch_size": batch_size, "seed": seed, "eval_sets": eval_sets, "shard_size": shard_size}
-    cfg = SyntheticConfig(**{k: v for k, v in fields.items() if v is not None}, **(options or {}))
+    cfg = config or SyntheticConfig()
+    if preset is not None:
+        cfg = SyntheticConfig.preset(preset, **cfg.model_dump(exclude_unset=True))
     inputs = BuildInputs(input=input, images=images, splits=splits or [], scenes=scenes)
     config_json, inputs_json = cfg.model_dump_json(), inputs.model_dump_json()
     Path(output).mkdir(parents=True, exist_ok=True)

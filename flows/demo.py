@@ -79,7 +79,7 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
         run(deployment, {**parameters, "announce": False})
 
     started = run("build-synthetic/build-synthetic",
-                  {"input": str(samples), "output": str(shards / "synthetic"), **synthetic_parameters(samples)})
+                  {"input": str(samples), "output": str(shards / "synthetic"), "config": synthetic_parameters(samples)})
     if wait_for_triggered is not None:
         state = wait_for_triggered("train/train", started["started"])
         log.info(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")

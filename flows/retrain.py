@@ -114,7 +114,8 @@ def retrain(
     if synthetic is not None:
         from flows.build_synthetic import build_synthetic
 
-        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False, **synthetic.config)
+        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False,
+                        config=synthetic.config)
 
     # 3. stage 2 from the champion
     reg = ChampionRegistry(registry)

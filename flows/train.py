@@ -8,32 +8,19 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
     prefect deployment run train/train -p preset=tiny -p stage=2 -p steps=4 \
         -p manifests='["/data/shards/magicbrush-train/shardindex.json"]' -p output_dir=/data/runs/tiny
-    python -m flows.train --preset tiny --stage 1 --steps 4 --manifest shards/cc12m/shardindex.json --output-dir runs/s1
+    smartedit train --preset tiny --stage 1 --steps 4 --manifests shards/cc12m/shardindex.json --output-dir runs/s1
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
 from flows.common import artifact_key, gpu_slot, markdown
-
-def expand_manifests(manifests: list[str] | str | None) -> list[str]:
-    """A path or a list of paths; a directory stands for every shardindex.json below it (how the
-    `shards.built` trigger passes the event's output root)."""
-    from pipeline.manifest import find_manifests
-
-    paths = [manifests] if isinstance(manifests, str) else list(manifests or [])
-    expanded: list[str] = []
-    for path in paths:
-        found = find_manifests(path) if Path(path).is_dir() else [Path(path)]
-        if not found:
-            raise ValueError(f"train: {path} holds no shardindex.json; convert or build shards there first")
-        expanded += [str(p) for p in found]
-    return expanded
+from model.train import expand_manifests
 
 
 def _summary(result) -> dict[str, Any]:
@@ -49,17 +36,14 @@ def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
     """Run one stage in this process; return the run's summary (paths and final losses, no tensors)."""
     import torch
 
+    from model.train import run
     from model.train_config import TrainConfig
 
     cfg = TrainConfig.from_dict({**config, "stage": stage})
-    if stage == 1:
-        from model.train_stage1 import train_stage1 as recipe
-    else:
-        from model.train_stage2 import train_stage2 as recipe
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
     with gpu_slot(device):
-        result = recipe(cfg)
+        result = run(cfg)
     return _summary(result)
 
 
@@ -75,46 +59,54 @@ def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
     )
 
 
+def train_config(
+    preset: str = "tiny",
+    stage: int = 2,
+    manifests: list[str] | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    **fields: Any,
+):
+    """The flow's TrainConfig: the (stage, preset) preset with the parameters given (not None) on top. Every
+    TrainConfig field is reachable, by name or through ``overrides``; defaults are the preset's, never the flow's."""
+    from model.train_config import TrainConfig, get_train_preset
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise ValueError(f"train: overrides {unknown} are not TrainConfig fields; known: {sorted(known)}")
+    given = {**(overrides or {}), **{k: v for k, v in fields.items() if v is not None}}
+    if stage == 1 and given.get("init_from"):
+        raise ValueError("train: init_from is a stage-2 parameter (a stage-1 checkpoint to start from)")
+    manifests = expand_manifests(manifests)
+    if not manifests:
+        raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
+    return get_train_preset(stage, preset, **given, manifests=manifests)
+
+
 @flow(name="train", log_prints=False)
 def train(
     preset: str = "tiny",
     stage: int = 2,
     manifests: list[str] | str | None = None,
-    output_dir: str = "runs/smartedit",
+    output_dir: str | None = None,
     steps: int | None = None,
-    resume: str | None = "latest",
+    resume: str | None = None,
     init_from: str | None = None,
-    allow_missing_sources: bool = False,
+    allow_missing_sources: bool | None = None,
     model: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one stage. preset: training preset (tiny, 7b, 13b, 7b-code, 13b-code); manifests: shardindex.json
-    paths or directories holding them (stage 1: captions; stage 2: the mixture's sources); resume: "latest" (default: continue a rerun from
-    its newest checkpoint), a checkpoint dir, or null; init_from: stage 2 only, a stage-1 checkpoint; model:
-    model-config overrides (checkpoint dirs); overrides: any other TrainConfig fields. Returns the summary dict."""
-    from model.train_config import get_train_preset
-
-    manifests = expand_manifests(manifests)
-    if not manifests:
-        raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
-    fields = {"manifests": manifests, "output_dir": output_dir, "resume": resume or None,
-              "model": dict(model or {}), **(overrides or {})}
-    if steps is not None:
-        fields["steps"] = steps
-    if stage == 2:
-        fields |= {"init_from": init_from, "allow_missing_sources": allow_missing_sources}
-    elif init_from:
-        raise ValueError("train: init_from is a stage-2 parameter (a stage-1 checkpoint to start from)")
-    cfg = get_train_preset(stage, preset, **fields)  # validate before the task: bad parameters fail the flow early
+    """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
+    docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
+    "" starts fresh).
+    preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
+    them; overrides: any other TrainConfig field. Returns the summary dict."""
+    cfg = train_config(preset, stage, manifests, overrides, output_dir=output_dir, steps=steps, resume=resume,
+                       init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
+    # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
     summary = run_recipe(config, stage)
-    markdown(artifact_key("train", f"stage{stage}", preset), _markdown(summary, config),
+    markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config),
              description=f"SmartEdit stage-{stage} training summary")
     get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
     return summary
-
-
-if __name__ == "__main__":
-    from model.cli import train_main
-
-    raise SystemExit(train_main())

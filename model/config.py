@@ -7,21 +7,103 @@ Usage::
     cfg = get_preset("7b", llava_dir="ckpt/llava-7b-hf", unet_dir="ckpt/instructdiffusion/unet",
                      vae_dir="ckpt/sd15/vae", clip_text_dir="ckpt/clip-vit-large-patch14")
     cfg = get_preset("7b-official", ...)                       # the official code's LoRA (r=8, alpha=16)
+    cfg = get_preset("tiny", bim={"variant": "plain"})         # nested overrides merge field by field
 
-Paper values are the defaults; where the official code differs, its value is a named preset (REFERENCE §1-2).
+Three concerns, three classes: `SmartEditConfig` (the model: parts, sizes, directories, dtypes) holds
+`LossConfig` (the training objective: loss weights, CFG dropout, DDPM steps) and `SamplingConfig` (inference
+defaults: steps and guidance, the one place `SmartEditPipeline`, `smartedit edit` and the evaluation read them).
+Every field is checked against its annotation at construction (``Literal`` choices included), so a mistyped
+value is an error naming the field, the value and the choices, never a silently different model.
+
+Paper values are the defaults; where the official code differs, its value is a named preset (``-official``:
+the official code's values; ``-code`` is a deprecated spelling of the same presets).
 This module imports nothing heavy: the CLI and the training recipes read it at startup.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
+import sys
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 BIMVariant = Literal["bim", "plain", "cross_attention"]
 DType = Literal["float32", "bfloat16", "float16"]
+
+
+# -- validation shared by every config dataclass ------------------------------------------------------------------
+# dataclasses check nothing; pydantic validates a value against an annotation (Literal, unions, tuples) in its lax
+# mode. We keep plain dataclasses (replace/asdict/fields unchanged) and validate field by field with pydantic.
+
+
+@functools.cache
+def _field_adapter(cls: type, name: str):
+    from pydantic import TypeAdapter
+
+    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    return hints[name], TypeAdapter(hints[name])
+
+
+def literal_choices(hint: Any) -> tuple | None:
+    """The allowed values of a ``Literal[...]`` annotation (also inside ``X | None``), else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg) + ((None,) if type(None) in typing.get_args(hint) else ())
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def validate_fields(obj: Any) -> None:
+    """Check every field of dataclass ``obj`` against its annotation, coercing where pydantic's lax mode does
+    (list → tuple, int → float, path → str). Raises one ValueError line naming the class, field, value and, for
+    ``Literal`` fields, the choices."""
+    from pydantic import ValidationError
+
+    cls = type(obj)
+    for f in dataclasses.fields(obj):
+        hint, adapter = _field_adapter(cls, f.name)
+        value = _plain(getattr(obj, f.name))
+        try:
+            checked = adapter.validate_python(value)
+        except ValidationError as err:
+            choices = literal_choices(hint)
+            if choices is not None:
+                raise ValueError(f"{cls.__name__}.{f.name} = {value!r} is not a valid choice; choose one of "
+                                 f"{', '.join(repr(c) for c in choices)}") from None
+            raise ValueError(f"{cls.__name__}.{f.name} = {value!r}: {err.errors()[0]['msg']}") from None
+        object.__setattr__(obj, f.name, checked)
+
+
+def merge(config: Any, overrides: dict[str, Any]) -> Any:
+    """``config`` with ``overrides`` applied field by field: a dict given for a nested config merges into it
+    (``{"bim": {"variant": "plain"}}`` keeps the other BIM sizes); unknown keys are an error naming them."""
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{type(config).__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+    changes = {}
+    for name, value in overrides.items():
+        current = getattr(config, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = merge(current, value)
+        changes[name] = value
+    return dataclasses.replace(config, **changes)
+
 
 #: Regex for peft: only the language model's attention projections (plain names would also wrap the CLIP tower).
 LANGUAGE_MODEL_QV = r".*language_model.*\.(q_proj|v_proj)"
@@ -41,6 +123,7 @@ class LoRAConfig:
     """peft target regex. Keep it restricted to the language model: plain ``["q_proj","v_proj"]`` also wraps CLIP."""
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if self.r <= 0:
             raise ValueError(f"LoRAConfig.r must be positive, got {self.r}")
         if self.alpha <= 0:
@@ -75,6 +158,7 @@ class QFormerConfig:
     """Hidden and attention dropout (BLIP-2 default)."""
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"QFormerConfig.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.num_layers < 1 or self.cross_attention_frequency < 1:
@@ -102,6 +186,7 @@ class BIMConfig:
     """f'' = f + scale * Linear_zero(f')."""
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if self.embedding_dim % 2:
             raise ValueError(f"BIMConfig.embedding_dim must be even (random position embedding), got {self.embedding_dim}")
         if (self.embedding_dim // self.attention_downsample_rate) % self.num_heads:
@@ -109,6 +194,60 @@ class BIMConfig:
                 f"BIMConfig: embedding_dim/attention_downsample_rate = "
                 f"{self.embedding_dim // self.attention_downsample_rate} is not divisible by num_heads {self.num_heads}"
             )
+
+
+@dataclass
+class LossConfig:
+    """The training objective: loss weights, InstructPix2Pix CFG dropout and the DDPM noise schedule length."""
+
+    lm_loss_weight: float = 1.0
+    """Weight of the CE loss (1:1 in the paper)."""
+    diffusion_loss_weight: float = 1.0
+    """Weight of the diffusion MSE."""
+    align_loss_weight: float = 1.0
+    """Stage-1 weight of MSE(QFormer(h), CLIP text)."""
+    text_drop_below: float = 0.10
+    """CFG dropout: context -> CLIP('') if r < this (r ~ U(0, 1) per sample)."""
+    image_drop_range: tuple[float, float] = (0.05, 0.15)
+    """CFG dropout: conditioning latent -> 0 if low <= r < high. v' is never dropped."""
+    num_train_timesteps: int = 1000
+    """DDPM training steps (epsilon prediction)."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        lo, hi = self.image_drop_range
+        if not (0.0 <= self.text_drop_below <= 1.0 and 0.0 <= lo <= hi <= 1.0):
+            raise ValueError(
+                f"LossConfig CFG dropout out of range: text_drop_below={self.text_drop_below}, "
+                f"image_drop_range={self.image_drop_range} (need 0 <= low <= high <= 1)"
+            )
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"LossConfig.num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
+
+
+@dataclass
+class SamplingConfig:
+    """Inference defaults (three-way CFG, Euler ancestral). Saved with a pipeline; ``SmartEditPipeline.__call__``,
+    ``smartedit edit`` and the evaluation use them unless told otherwise. The edit size is the model's
+    ``resolution``."""
+
+    num_inference_steps: int = 100
+    """Euler-ancestral steps (paper: 100)."""
+    text_guidance_scale: float = 7.5
+    """s_T (paper: 7.5)."""
+    image_guidance_scale: float = 1.5
+    """s_I (1.4-1.6 tried in the paper)."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.num_inference_steps < 1:
+            raise ValueError(f"SamplingConfig.num_inference_steps must be >= 1, got {self.num_inference_steps}")
+
+
+# Fields that moved from SmartEditConfig into its sub-configs (read from pipeline folders saved before the split).
+_MOVED = {name: "loss" for name in ("lm_loss_weight", "diffusion_loss_weight", "align_loss_weight", "text_drop_below",
+                                    "image_drop_range", "num_train_timesteps")}
+_MOVED |= {name: "sampling" for name in ("num_inference_steps", "text_guidance_scale", "image_guidance_scale")}
 
 
 @dataclass
@@ -151,62 +290,35 @@ class SmartEditConfig:
     """BIM sizes and ablation variant."""
     stage: Literal[1, 2] = 2
     """1: alignment (CE on [IMG] + MSE to CLIP text); 2: joint (CE + diffusion MSE)."""
-    lm_loss_weight: float = 1.0
-    """Weight of the CE loss (1:1 in the paper)."""
-    diffusion_loss_weight: float = 1.0
-    """Weight of the diffusion MSE."""
-    align_loss_weight: float = 1.0
-    """Stage-1 weight of MSE(QFormer(h), CLIP text)."""
-    text_drop_below: float = 0.10
-    """CFG dropout: context -> CLIP('') if r < this (r ~ U(0, 1) per sample)."""
-    image_drop_range: tuple[float, float] = (0.05, 0.15)
-    """CFG dropout: conditioning latent -> 0 if low <= r < high. v' is never dropped."""
-    num_train_timesteps: int = 1000
-    """DDPM training steps (epsilon prediction)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The training objective (loss weights, CFG dropout)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Inference defaults (steps, guidance scales)."""
     resolution: int = 256
-    """Edit resolution in pixels."""
+    """Edit resolution in pixels (training crops and the pipeline's default output size)."""
     llm_dtype: DType = "bfloat16"
     """LLaVA weights dtype (QFormer, BIM, UNet stay fp32)."""
     vae_dtype: DType = "bfloat16"
     """VAE dtype (frozen)."""
     gradient_checkpointing: bool = True
     """Checkpoint the LLM and UNet activations."""
-    text_guidance_scale: float = 7.5
-    """s_T at inference (default of the `smartedit edit` CLI)."""
-    image_guidance_scale: float = 1.5
-    """s_I at inference (1.4-1.6 tried in the paper; CLI default)."""
-    num_inference_steps: int = 100
-    """Euler-ancestral steps at inference (CLI default)."""
     seed: int = 0
     """Seed for random initialisation of the new modules (and the tiny preset's random components)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora, dict):
-            self.lora = LoRAConfig(**self.lora)
-        if isinstance(self.qformer, dict):
-            self.qformer = QFormerConfig(**self.qformer)
-        if isinstance(self.bim, dict):
-            self.bim = BIMConfig(**self.bim)
-        self.image_drop_range = tuple(self.image_drop_range)  # type: ignore[assignment]
-        if self.stage not in (1, 2):
-            raise ValueError(f"SmartEditConfig.stage must be 1 or 2, got {self.stage!r}")
+        for name, cls in (("lora", LoRAConfig), ("qformer", QFormerConfig), ("bim", BIMConfig), ("loss", LossConfig),
+                          ("sampling", SamplingConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls(**getattr(self, name)))
+        validate_fields(self)
         if self.num_img_tokens < 1:
             raise ValueError(f"SmartEditConfig.num_img_tokens must be >= 1, got {self.num_img_tokens}")
         if "{}" not in self.img_token_format:
             raise ValueError(f"SmartEditConfig.img_token_format needs a '{{}}' for the index, got {self.img_token_format!r}")
         if "{instruction}" not in self.prompt_template or "{image}" not in self.prompt_template:
             raise ValueError("SmartEditConfig.prompt_template must contain '{image}' and '{instruction}'")
-        lo, hi = self.image_drop_range
-        if not (0.0 <= self.text_drop_below <= 1.0 and 0.0 <= lo <= hi <= 1.0):
-            raise ValueError(
-                f"SmartEditConfig CFG dropout out of range: text_drop_below={self.text_drop_below}, "
-                f"image_drop_range={self.image_drop_range} (need 0 <= low <= high <= 1)"
-            )
         if self.resolution % 8:
             raise ValueError(f"SmartEditConfig.resolution must be a multiple of 8, got {self.resolution}")
-        for name in ("llm_dtype", "vae_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"SmartEditConfig.{name} must be float32, bfloat16 or float16")
 
     @property
     def is_tiny(self) -> bool:
@@ -223,7 +335,12 @@ class SmartEditConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SmartEditConfig:
-        """Inverse of ``to_dict``; unknown keys are an error naming the key."""
+        """Inverse of ``to_dict``; unknown keys are an error naming the key. Reads the flat layout of folders
+        saved before the loss and sampling fields had their own configs."""
+        data = dict(data)
+        for name, group in _MOVED.items():
+            if name in data:
+                data.setdefault(group, {})[name] = data.pop(name)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -281,14 +398,14 @@ def tiny_config(**overrides: Any) -> SmartEditConfig:
         llm_dtype="float32",
         vae_dtype="float32",
         gradient_checkpointing=False,
-        num_inference_steps=4,
+        sampling=SamplingConfig(num_inference_steps=4),
     )
-    return dataclasses.replace(base, **overrides)
+    return merge(base, overrides)
 
 
-def _real(preset: str, llm_width: int, lora: LoRAConfig, **overrides: Any) -> SmartEditConfig:
+def _real(preset: str, llm_width: int, lora: LoRAConfig, /, **overrides: Any) -> SmartEditConfig:
     del llm_width  # the LLM width is read from the checkpoint; kept in the signature to document the preset
-    return SmartEditConfig(preset=preset, lora=dataclasses.replace(lora), **overrides)
+    return merge(SmartEditConfig(preset=preset, lora=dataclasses.replace(lora)), overrides)
 
 
 PRESETS = {
@@ -300,8 +417,24 @@ PRESETS = {
 }
 
 
+#: Old spellings of preset names: the official code's values were once the `-code` presets.
+DEPRECATED_PRESETS = {"7b-code": "7b-official", "13b-code": "13b-official"}
+
+
+def canonical_preset(name: str) -> str:
+    """``name``, or its current spelling (with a FutureWarning) when it is a deprecated alias."""
+    if name in DEPRECATED_PRESETS:
+        new = DEPRECATED_PRESETS[name]
+        warnings.warn(f"preset {name!r} is deprecated: it is spelled {new!r} now (the official code's values); "
+                      f"using {new!r}", FutureWarning, stacklevel=3)
+        return new
+    return name
+
+
 def get_preset(name: str, **overrides: Any) -> SmartEditConfig:
-    """Named preset with field overrides (e.g. directories). Unknown names list the choices."""
+    """Named preset with field overrides (e.g. directories); a dict for a nested config (``bim``, ``lora``,
+    ``qformer``, ``loss``, ``sampling``) merges into the preset's. Unknown names list the choices."""
+    name = canonical_preset(name)
     if name not in PRESETS:
         raise ValueError(f"unknown SmartEdit preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name](**overrides)

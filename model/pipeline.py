@@ -143,18 +143,22 @@ class SmartEditPipeline:
         context: torch.Tensor,
         null_context: torch.Tensor,
         spatial: torch.Tensor | None = None,
-        num_inference_steps: int = 100,
-        text_guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        num_inference_steps: int | None = None,
+        text_guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Three-way CFG sampling loop. image_latents (B, 4, h, w) = VAE mode(), unscaled; context (B, 77, D);
         null_context (1 or B, 77, D); spatial v' (B, C, h, w) or None. Returns the final latents (B, 4, h, w),
-        still scaled by the VAE scaling factor."""
+        still scaled by the VAE scaling factor. Steps and scales left None come from the model's sampling config."""
         from diffusers.utils.torch_utils import randn_tensor
 
         m, sched = self.model, self.scheduler
+        defaults = m.config.sampling
+        num_inference_steps = defaults.num_inference_steps if num_inference_steps is None else num_inference_steps
+        text_guidance_scale = defaults.text_guidance_scale if text_guidance_scale is None else text_guidance_scale
+        image_guidance_scale = defaults.image_guidance_scale if image_guidance_scale is None else image_guidance_scale
         device, dtype = image_latents.device, context.dtype
         b = image_latents.shape[0]
         sched.set_timesteps(num_inference_steps, device=device)
@@ -179,21 +183,25 @@ class SmartEditPipeline:
         self,
         image: Image.Image | Sequence[Image.Image],
         instruction: str | Sequence[str],
-        num_inference_steps: int = 100,
-        text_guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        num_inference_steps: int | None = None,
+        text_guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
-        height: int = 256,
-        width: int = 256,
+        height: int | None = None,
+        width: int | None = None,
         output_type: str = "pil",
     ) -> list[Image.Image] | torch.Tensor:
         """Edit ``image`` following ``instruction``. Returns PIL images, or a (B, 3, H, W) tensor in [0, 1] for
-        output_type='pt', or latents for 'latent'."""
+        output_type='pt', or latents for 'latent'. Arguments left None come from the saved model config: steps and
+        guidance scales from ``config.sampling`` (paper: 100, 7.5, 1.5; tiny: 4 steps), the size from
+        ``config.resolution``."""
         from PIL import Image as PILImage
 
         from model.processor import pil_to_unit_range
 
         m = self.model
+        height = height or m.config.resolution
+        width = width or m.config.resolution
         images = [image] if isinstance(image, PILImage.Image) else list(image)
         instructions = [instruction] * len(images) if isinstance(instruction, str) else list(instruction)
         if len(instructions) != len(images):

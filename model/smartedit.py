@@ -8,7 +8,8 @@
 
 Stage 1 (alignment): CE on the [IMG] tokens + MSE(f, CLIP-text(caption).last_hidden_state); trains the new token
 rows and the QFormer. Stage 2 (joint): CE + diffusion MSE 1:1; trains LoRA, new rows, QFormer, BIM and the UNet.
-Build with ``build_smartedit(config)``.
+Build with ``build_smartedit(config)`` = ``assemble_smartedit(config, load_components(config))``; pass
+``assemble_smartedit`` parts built in memory (benchmarks, tests) to skip loading.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SmartEditModel(nn.Module):
         self.vae = vae
         self.text_encoder = text_encoder
         self.processor = processor
-        self.noise_scheduler = training_scheduler(config.num_train_timesteps)
+        self.noise_scheduler = training_scheduler(config.loss.num_train_timesteps)
         self.injection = SpatialInjection(unet)
         self.register_buffer("null_text_embeds", null_text_embeds.detach().float().clone(), persistent=False)
         self.vae.requires_grad_(False)
@@ -233,9 +234,9 @@ class SmartEditModel(nn.Module):
         """InstructPix2Pix dropout given r (B,) ~ U(0,1): context (B, 77, D) → CLIP('') where r < text_drop_below;
         condition latents (B, 4, h, w) → 0 where low <= r < high. Both for r in [low, text_drop_below)."""
         b = r.shape[0]
-        drop_text = (r < self.config.text_drop_below).view(b, 1, 1)
+        drop_text = (r < self.config.loss.text_drop_below).view(b, 1, 1)
         context = torch.where(drop_text, self.null_text_embeds.to(context.dtype).expand_as(context), context)
-        lo, hi = self.config.image_drop_range
+        lo, hi = self.config.loss.image_drop_range
         keep_image = ~((r >= lo) & (r < hi))
         return context, condition_latents * keep_image.view(b, 1, 1, 1).to(condition_latents.dtype)
 
@@ -254,7 +255,7 @@ class SmartEditModel(nn.Module):
         if stage == 1:
             f = self.qformer(enc["img_hidden"])
             align = F.mse_loss(f.float(), self.clip_text_embeds(batch["clip_text_input_ids"]))
-            loss = self.config.lm_loss_weight * lm_loss + self.config.align_loss_weight * align
+            loss = self.config.loss.lm_loss_weight * lm_loss + self.config.loss.align_loss_weight * align
             return {"loss": loss, "lm_loss": lm_loss.detach(), "align_loss": align.detach()}
         is_edit = batch["is_edit"].to(torch.bool)
         if bool(is_edit.any()):
@@ -267,7 +268,7 @@ class SmartEditModel(nn.Module):
         else:
             # Keep the graph connected (DDP needs every trainable parameter to appear) but add nothing.
             diff = sum(p.sum() for p in self.qformer.parameters()) * 0.0
-        loss = self.config.lm_loss_weight * lm_loss + self.config.diffusion_loss_weight * diff
+        loss = self.config.loss.lm_loss_weight * lm_loss + self.config.loss.diffusion_loss_weight * diff
         return {"loss": loss, "lm_loss": lm_loss.detach(), "diffusion_loss": diff.detach()}
 
 
@@ -282,13 +283,27 @@ def _null_text_embeds(text_encoder: nn.Module, text_tokenizer) -> torch.Tensor:
 def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> SmartEditModel:
     """Build the complete model from ``config``: the tiny preset in code (unless its directories are set), real
     presets from local directories. ``for_inference`` skips peft (merged checkpoints) and gradient checkpointing."""
+    return assemble_smartedit(config, load_components(config), for_inference=for_inference)
+
+
+def load_components(config: SmartEditConfig) -> dict[str, Any]:
+    """The pretrained parts ``assemble_smartedit`` takes: ``llava``, ``tokenizer``, ``image_processor``, ``unet``,
+    ``vae`` and optionally ``text_encoder`` + ``text_tokenizer`` (needed unless ``null_text_embeds_path`` is set).
+    The tiny preset builds them in code (unless its directories are set); others load from local directories."""
     from model.tiny import build_tiny_components
 
     config.check_directories()
     if config.is_tiny and config.llava_dir is None:
-        parts = build_tiny_components(config)
-    else:
-        parts = _load_components(config)
+        return build_tiny_components(config)
+    return _load_pretrained(config)
+
+
+def assemble_smartedit(config: SmartEditConfig, parts: dict[str, Any], for_inference: bool = False) -> SmartEditModel:
+    """Assemble the model from loaded ``parts`` (see ``load_components``): add the [IMG] tokens, widen the UNet's
+    conv_in, wrap LoRA, create (or load) the QFormer and BIM, compute the null text context."""
+    missing = sorted({"llava", "tokenizer", "image_processor", "unet", "vae"} - set(parts))
+    if missing:
+        raise ValueError(f"assemble_smartedit: parts {missing} are missing; load_components(config) returns them all")
     llava, tokenizer, image_processor = parts["llava"], parts["tokenizer"], parts["image_processor"]
     img_ids = add_img_tokens(tokenizer, config)
     unet = widen_conv_in(parts["unet"])
@@ -320,6 +335,9 @@ def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> Sma
         from safetensors.torch import load_file
 
         null = load_file(config.null_text_embeds_path)["null_text_embeds"]
+    elif text_encoder is None or text_tokenizer is None:
+        raise ValueError("assemble_smartedit: parts need 'text_encoder' and 'text_tokenizer' (CLIP text) unless "
+                         "config.null_text_embeds_path is set")
     else:
         null = _null_text_embeds(text_encoder, text_tokenizer)
     if null.shape[-1] != ctx_dim:
@@ -338,7 +356,7 @@ def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> Sma
     return model
 
 
-def _load_components(config: SmartEditConfig) -> dict[str, Any]:
+def _load_pretrained(config: SmartEditConfig) -> dict[str, Any]:
     """Load every pretrained part from its local directory (real presets or saved tiny/pipeline dirs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlavaForConditionalGeneration

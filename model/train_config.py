@@ -1,4 +1,4 @@
-"""Typed training configuration for the two SmartEdit stages, with named presets (REFERENCE §2).
+"""Typed training configuration for the two SmartEdit stages, with named presets (paper §4.1; official code).
 
 Usage::
 
@@ -15,8 +15,11 @@ Usage::
     #   output_dir: runs/stage2-7b
     #   init_from: runs/stage1-7b/checkpoints/step-00150000
 
-Paper values are the defaults; the official code's differing values are the `-code` presets.
-Nothing heavy is imported here: the CLI, the flow and the recipes read it at startup.
+``preset`` names one thing in both places: the model preset (`model.config.get_preset`) and, with ``stage``, the
+training hyperparameters (``TRAIN_PRESETS``). Paper values are the defaults; the official code's differing values
+are the ``-official`` presets (``-code`` is a deprecated spelling of them). This class is the one declaration of the
+training fields: `smartedit train`, the recipes' ``--config`` command line (``parse_cli``) and the `train` flow
+derive their options from it. Nothing heavy is imported here: the CLI, the flow and the recipes read it at startup.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from model.config import canonical_preset, validate_fields
+from model.config_args import add_config_arguments, given_overrides
 
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Scheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
@@ -42,9 +48,9 @@ class TrainConfig:
     stage: Literal[1, 2] = 2
     """1: alignment on caption text (new token rows + QFormer); 2: joint on the mixture (LoRA, rows, QFormer, BIM, UNet)."""
     preset: str = "tiny"
-    """Model preset for model.config.get_preset: tiny, 7b, 13b, 7b-official, 13b-official."""
+    """Preset name: the model preset (tiny, 7b, 13b, 7b-official, 13b-official) and, with stage, the training one."""
     model: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the model config (checkpoint directories, lora, bim.variant, ...)."""
+    """Model config overrides, merged field by field: checkpoint dirs, {"bim": {"variant": "plain"}}, ..."""
     manifests: list[str] = field(default_factory=list)
     """shardindex.json paths (or dataset dirs). Stage 1: caption datasets; stage 2: the mixture's sources."""
     mixture_spec: str = DEFAULT_MIXTURE
@@ -87,8 +93,8 @@ class TrainConfig:
     """Keep only the newest n checkpoints (None: keep all)."""
     log_every: int = 10
     """TensorBoard / log interval in optimizer steps."""
-    resume: str | None = None
-    """"latest" (newest checkpoint of output_dir, if any) or a checkpoint dir; None: start fresh."""
+    resume: str | None = "latest"
+    """"latest" (newest checkpoint of output_dir, if any: a rerun continues) or a checkpoint dir; None: start fresh."""
     init_from: str | None = None
     """Stage 2: a stage-1 checkpoint dir whose trainable weights (QFormer, token rows) initialise the model."""
     save_pipeline: bool = True
@@ -97,22 +103,23 @@ class TrainConfig:
     """Force CPU even when a GPU is present."""
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        if self.stage not in (1, 2):
-            raise ValueError(f"TrainConfig.stage must be 1 or 2, got {self.stage!r}")
+        self.preset = canonical_preset(self.preset)
+        validate_fields(self)  # types and Literal choices (stage, mixed_precision, lr_scheduler)
         for name in ("steps", "micro_batch_size", "grad_accum", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"TrainConfig: lr must be > 0 and weight_decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"TrainConfig.mixed_precision {self.mixed_precision!r}: choose auto, no, bf16 or fp16")
-        if self.lr_scheduler not in ("constant", "constant_with_warmup", "cosine", "linear"):
-            raise ValueError(f"TrainConfig.lr_scheduler {self.lr_scheduler!r}: choose constant, constant_with_warmup, cosine, linear")
         if self.init_from and self.stage != 2:
             raise ValueError("TrainConfig.init_from is a stage-2 option (start from a stage-1 checkpoint)")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"TrainConfig.keep_last must be >= 1 or None, got {self.keep_last}")
+        if self.resume == "":
+            self.resume = None
+        try:  # the model overrides are part of this config: a bad key fails here, not hours later in the recipe
+            self.model_config()
+        except ValueError as err:
+            raise ValueError(f"TrainConfig.model (preset {self.preset!r}): {err}") from None
 
     @property
     def global_batch_per_rank(self) -> int:
@@ -173,13 +180,13 @@ class TrainConfig:
 
 
 def _stage1(**kw: Any) -> dict[str, Any]:
-    # REFERENCE §2: AdamW lr 2e-4, wd 0; 150k steps at global batch 128.
+    # Paper §4.1: AdamW lr 2e-4, wd 0; 150k steps at global batch 128.
     return {"stage": 1, "lr": 2e-4, "weight_decay": 0.0, "steps": 150_000, "micro_batch_size": 16, "grad_accum": 1,
             "warmup_steps": 1000, **kw}
 
 
 def _stage2(weight_decay: float, **kw: Any) -> dict[str, Any]:
-    # REFERENCE §2: AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The code's 5k (no BIM) + 15k (BIM)
+    # Paper §4.1: AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The code's 5k (no BIM) + 15k (BIM)
     # is two runs: the first with model={"bim": {"variant": "plain"}}, the second with init_from its checkpoint.
     return {"stage": 2, "lr": 1e-5, "weight_decay": weight_decay, "steps": 20_000, "micro_batch_size": 2,
             "grad_accum": 8, "warmup_steps": 500, **kw}
@@ -195,17 +202,18 @@ TRAIN_PRESETS: dict[tuple[int, str], dict[str, Any]] = {
     (1, "13b"): _stage1(preset="13b"),
     (2, "7b"): _stage2(1e-3, preset="7b"),
     (2, "13b"): _stage2(1e-3, preset="13b"),
-    (2, "7b-code"): _stage2(0.0, preset="7b-official"),
-    (2, "13b-code"): _stage2(0.0, preset="13b-official"),
+    # the official code's weight decay (0) with its LoRA (the -official model preset)
+    (2, "7b-official"): _stage2(0.0, preset="7b-official"),
+    (2, "13b-official"): _stage2(0.0, preset="13b-official"),
 }
 
 
 def get_train_preset(stage: int, name: str, **overrides: Any) -> TrainConfig:
-    """The preset for (stage, name) with field overrides. ``name`` is a training preset name (``7b-code``) or the
-    model preset it uses (``7b-official``), so a saved config.yaml loads back. Unknown names list the choices."""
+    """The preset for (stage, name) with field overrides; ``model`` overrides merge into the model preset field by
+    field. ``7b-code``/``13b-code`` are deprecated spellings of ``7b-official``/``13b-official`` (a FutureWarning
+    says so). Unknown names list the choices."""
+    name = canonical_preset(name)
     key = (int(stage), name)
-    if key not in TRAIN_PRESETS:
-        key = next((k for k, v in TRAIN_PRESETS.items() if k[0] == int(stage) and v["preset"] == name), key)
     if key not in TRAIN_PRESETS:
         choices = sorted(n for s, n in TRAIN_PRESETS if s == int(stage))
         raise ValueError(f"no stage-{stage} training preset {name!r}; choose one of {choices}")
@@ -240,28 +248,40 @@ class RunResult:
         return dataclasses.asdict(self)
 
 
-def parse_cli(argv: list[str] | None = None, stage: int = 2) -> TrainConfig:
-    """The recipes' command line: ``--config run.yaml`` plus a few overrides; without a file, ``--preset``."""
-    parser = argparse.ArgumentParser(description=f"SmartEdit stage-{stage} training")
-    parser.add_argument("--config", help="YAML of TrainConfig fields (with `preset:`)")
-    parser.add_argument("--preset", default=None, help="training preset when no --config (tiny, 7b, 13b, 7b-code, ...)")
-    parser.add_argument("--manifest", action="append", default=None, help="a shardindex.json (repeatable)")
-    parser.add_argument("--output-dir", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint dir")
-    if stage == 2:
-        parser.add_argument("--init-from", default=None, help="stage-1 checkpoint dir")
-        parser.add_argument("--allow-missing-sources", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {
-        "manifests": args.manifest, "output_dir": args.output_dir, "steps": args.steps, "resume": args.resume,
-        "init_from": getattr(args, "init_from", None),
-        "allow_missing_sources": True if getattr(args, "allow_missing_sources", False) else None,
-    }.items() if v is not None}
+def add_train_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every TrainConfig field as an option (``--config`` YAML first, then the options given on top; the rest
+    keep the preset's values). Returns option dest → field (see ``train_config_from_args``)."""
+    parser.add_argument("--config", default=None, help="YAML of TrainConfig fields (with `stage:` and `preset:`); "
+                        "options given on the command line override it")
+    return add_config_arguments(parser, TrainConfig, aliases={"manifests": ["--manifest"], "model": ["--model-json"]})
+
+
+def train_config_from_args(args: argparse.Namespace, options: dict[str, str], stage: int | None = None) -> TrainConfig:
+    """The TrainConfig of parsed ``add_train_arguments`` options: the ``--config`` file (or the preset) with the
+    given options on top. ``stage``: the recipe's own stage; a config file for the other stage is an error."""
+    overrides = given_overrides(args, options)
     if args.config:
         base = TrainConfig.from_yaml(args.config).to_dict()
-        given = int(base.pop("stage"))
-        if given != stage:
-            parser.error(f"{args.config} has stage: {given}; this is the stage-{stage} recipe")
-        return get_train_preset(stage, base.pop("preset"), **{**base, **overrides})
-    return get_train_preset(stage, args.preset or "tiny", **overrides)
+        if stage is not None and int(base["stage"]) != stage:
+            raise ValueError(f"{args.config} has stage: {base['stage']}; this is the stage-{stage} recipe")
+        if "stage" in overrides and int(overrides["stage"]) != int(base["stage"]):
+            raise ValueError(f"--stage {overrides['stage']} contradicts {args.config} (stage: {base['stage']})")
+        base.update(overrides)
+        return TrainConfig.from_dict(base)
+    if stage is not None:
+        if overrides.get("stage", stage) != stage:
+            raise ValueError(f"--stage {overrides['stage']}: this is the stage-{stage} recipe")
+        overrides["stage"] = stage
+    return TrainConfig.from_dict(overrides)
+
+
+def parse_cli(argv: list[str] | None = None, stage: int = 2) -> TrainConfig:
+    """The recipes' command line (``accelerate launch -m model.train_stage2 --config run.yaml [--steps N ...]``):
+    the options of ``add_train_arguments``."""
+    parser = argparse.ArgumentParser(description=f"SmartEdit stage-{stage} training")
+    options = add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return train_config_from_args(args, options, stage)
+    except ValueError as err:
+        parser.error(str(err))

@@ -69,7 +69,7 @@ def test_two_workers_write_the_same_bytes(tmp_path):
 
 
 def test_cli_converts_every_split(tmp_path, capsys):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     fx = build_sources(tmp_path / "src")
     rc = main(["convert", "refcocog", "--root", str(fx.roots["refcocog"]), "--out", str(tmp_path / "out"),

@@ -50,15 +50,17 @@ def test_evaluate_uses_the_saved_pipelines_inference_settings_unless_overridden(
     saved = evaluate(pipe_dir, bench, tmp_path / "a", judging_page=False, grids=False)
     assert {k: saved.settings[k] for k in ("num_inference_steps", "text_guidance_scale", "image_guidance_scale",
                                            "height", "width")} == {
-        "num_inference_steps": config.num_inference_steps, "text_guidance_scale": config.text_guidance_scale,
-        "image_guidance_scale": config.image_guidance_scale, "height": config.resolution, "width": config.resolution}
+        "num_inference_steps": config.sampling.num_inference_steps,
+        "text_guidance_scale": config.sampling.text_guidance_scale,
+        "image_guidance_scale": config.sampling.image_guidance_scale, "height": config.resolution,
+        "width": config.resolution}
     with Image.open(tmp_path / "a" / saved.records[0].output) as out:
         assert out.size == (config.resolution, config.resolution)  # generated at the saved resolution
     override = evaluate(pipe_dir, bench, tmp_path / "b", editor_kwargs={"num_inference_steps": 1},
                         judging_page=False, grids=False)
     assert override.settings["num_inference_steps"] == 1 and override.settings["height"] == config.resolution
     md = (tmp_path / "b" / "report.md").read_text()
-    assert "| num_inference_steps | `1` |" in md and f"| text_guidance_scale | `{config.text_guidance_scale}` |" in md
+    assert "| num_inference_steps | `1` |" in md and f"| text_guidance_scale | `{config.sampling.text_guidance_scale}` |" in md
 
 
 def test_baselines_are_evaluable_like_any_model(tmp_path):

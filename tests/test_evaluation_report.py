@@ -162,7 +162,7 @@ def test_ins_align_rejects_other_files(tmp_path):
 
 
 def test_ins_align_cli_updates_the_report(official_run, tmp_path, capsys):
-    from model.evaluation import cli
+    from smartedit_cli import evaluate as cli
 
     report, out = official_run
     run_dir = tmp_path / "run"
@@ -199,7 +199,7 @@ def test_ins_align_cli_updates_the_report(official_run, tmp_path, capsys):
 
 
 def test_evaluate_cli_parses_its_options():
-    from model.evaluation import cli
+    from smartedit_cli import evaluate as cli
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))

@@ -26,7 +26,9 @@ def test_presets_carry_paper_and_official_values():
     for cfg in (paper, get_preset("13b")):
         assert cfg.num_img_tokens == 32 and cfg.qformer.num_queries == 77 and cfg.qformer.num_layers == 6
         assert (cfg.bim.embedding_dim, cfg.bim.num_heads, cfg.bim.mlp_dim, cfg.bim.depth) == (1024, 8, 2048, 2)
-        assert cfg.bim.variant == "bim" and cfg.text_drop_below == 0.10 and cfg.image_drop_range == (0.05, 0.15)
+        assert cfg.bim.variant == "bim" and cfg.loss.text_drop_below == 0.10 and cfg.loss.image_drop_range == (0.05, 0.15)
+        assert (cfg.sampling.num_inference_steps, cfg.sampling.text_guidance_scale,
+                cfg.sampling.image_guidance_scale) == (100, 7.5, 1.5)
     assert "language_model" in paper.lora.target_modules
     with pytest.raises(ValueError, match="unknown SmartEdit preset"):
         get_preset("70b")
@@ -40,7 +42,7 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="LoRAConfig.r"):
         LoRAConfig(r=0)
     with pytest.raises(ValueError, match="image_drop_range"):
-        SmartEditConfig(image_drop_range=(0.2, 0.1))
+        SmartEditConfig(loss={"image_drop_range": (0.2, 0.1)})
     with pytest.raises(ValueError, match="unknown field"):
         SmartEditConfig.from_dict({"stagee": 1})
 

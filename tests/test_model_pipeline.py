@@ -132,7 +132,7 @@ def test_components_saved_to_disk_load_like_a_real_preset(tmp_path):
 
 
 def test_cli_edit(pipe, tmp_path, capsys):
-    from model.cli import register
+    from smartedit_cli.edit import register
 
     pipe.save_pretrained(tmp_path / "p")
     _image(5).save(tmp_path / "in.png")

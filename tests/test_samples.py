@@ -39,7 +39,7 @@ class _BuiltinsOnly(pickle.Unpickler):
 
 
 def test_same_seed_is_byte_identical_via_cli_and_other_seed_differs(samples, tmp_path):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     assert main(["samples", "make", str(tmp_path / "again"), "--seed", "0"]) == 0
     first, again = _digests(samples.root), _digests(tmp_path / "again")

@@ -142,7 +142,7 @@ def test_verify_accepts_good_and_catches_flipped_byte_and_truncation(tmp_path):
 
 def test_verify_cli_exit_codes(tmp_path):
     index = build(tmp_path)
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     assert main(["shards", "verify", str(tmp_path)]) == 0
     (tmp_path / index["shardlist"][2]["url"]).unlink()
@@ -151,7 +151,7 @@ def test_verify_cli_exit_codes(tmp_path):
 
 def test_inspect_cli_table_and_json(tmp_path, capsys):
     build(tmp_path / "ds")
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     assert main(["shards", "inspect", str(tmp_path), "--samples", "2"]) == 0
     out = capsys.readouterr().out

@@ -177,7 +177,7 @@ def test_background_change_is_caught(built):
 
 
 def test_cli_build_and_sheet(scenes, tmp_path, capsys):
-    from pipeline.cli import main
+    from smartedit_cli.main import main
 
     out = tmp_path / "cli"
     assert main(["build-synthetic", "--input", str(scenes), "--out", str(out), "--scenarios", "all=1,reasoning=2",

@@ -5,8 +5,8 @@ mask, target and text), under the same protocol, resolution, sampling steps, gui
 scored by the same metric models. ``differences`` names what differs; the gate re-evaluates the champion when
 anything does, instead of reusing stored numbers.
 
-Inference settings: ``evaluate`` uses the saved pipeline's own (``SmartEditConfig.num_inference_steps``,
-``text_guidance_scale``, ``image_guidance_scale``, ``resolution``) unless overridden; an editor without a config
+Inference settings: ``evaluate`` uses the saved pipeline's own (``SmartEditConfig.sampling``: steps and guidance
+scales, and ``SmartEditConfig.resolution``) unless overridden, and records them explicitly; an editor without a config
 (any callable with the ``SmartEditPipeline`` call shape, e.g. MGIE) contributes its call signature's defaults.
 """
 
@@ -39,13 +39,14 @@ def inference_settings(editor: Any, overrides: dict[str, Any] | None = None) -> 
     params, var_kw = _call_parameters(editor)
     settings: dict[str, Any] = {}
     for name in INFERENCE_KEYS:
-        if name in params and params[name].default is not inspect.Parameter.empty:
+        if name in params and params[name].default not in (inspect.Parameter.empty, None):
             settings[name] = params[name].default
     config = getattr(getattr(editor, "model", None), "config", None)
     if config is not None:
+        sampling = getattr(config, "sampling", config)  # SmartEditConfig.sampling (SamplingConfig), or flat
         for name in ("num_inference_steps", "text_guidance_scale", "image_guidance_scale"):
-            if hasattr(config, name) and (name in params or var_kw):
-                settings[name] = getattr(config, name)
+            if getattr(sampling, name, None) is not None and (name in params or var_kw):
+                settings[name] = getattr(sampling, name)
         resolution = getattr(config, "resolution", None)
         if resolution is not None:
             for name in ("height", "width"):

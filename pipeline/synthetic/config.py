@@ -59,8 +59,9 @@ class SyntheticConfig(BaseModel):
     """An object has a dominant colour when at least this share of its pixels is nearest to that name."""
 
     mask_min_area: float = 0.01
+    """Kept masks cover at least this fraction of the image (UltraEdit: 1 %)."""
     mask_max_area: float = 0.90
-    """Kept masks cover this fraction of the image (UltraEdit: 1–90 %)."""
+    """Kept masks cover at most this fraction of the image (UltraEdit: 90 %)."""
     dilate_px: int = 5
     """Mask dilation for editing (covers SAM's and the annotation's boundary errors)."""
     min_edit_strength: float = 8.0
@@ -71,6 +72,7 @@ class SyntheticConfig(BaseModel):
     """CLIP directional similarity threshold (UltraEdit 0.22; InstructPix2Pix 0.2). Needs clip_dir."""
 
     sam_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    """segment_anything registry architecture of sam_checkpoint."""
     sam_checkpoint: str | None = None
     """Path of a SAM checkpoint (official .pth); None: the annotation mask is the edit mask."""
     sam_arch: SamArch | None = None
@@ -81,8 +83,11 @@ class SyntheticConfig(BaseModel):
     inpaint_dir: str | None = None
     """A diffusers inpainting pipeline directory (save_pretrained layout); None: the CPU editor only."""
     inpaint_resolution: int = 512
+    """Inpainting resolution in pixels (multiple of 8; SD-1.5 inpainting: 512)."""
     inpaint_steps: int = 50
+    """Inpainting denoising steps."""
     guidance_scale: float = 7.5
+    """Inpainting classifier-free guidance scale."""
     replace_colour_share: float = 0.5
     """Share of replacements that also name a colour ("a white fox")."""
     recolour_with: Literal["lab", "inpaint"] = "lab"
@@ -93,8 +98,10 @@ class SyntheticConfig(BaseModel):
     llm_dir: str | None = None
     """A local causal LM directory for extra paraphrases; None: templates only."""
     llm_max_new_tokens: int = 40
+    """Most new tokens per LLM paraphrase."""
 
     device: str = "cpu"
+    """Device for SAM, inpainting, CLIP and the LLM (cpu, cuda, cuda:1)."""
     batch_size: int = 4
     """Pairs per inpainting call."""
     eval_sets: list[str] = Field(default_factory=list)

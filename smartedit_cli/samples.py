@@ -1,4 +1,6 @@
-"""`smartedit samples make DIR [--seed N]`: write the sample datasets and summarise them."""
+"""`smartedit samples make DIR [--seed N]`: write the sample datasets and summarise them.
+
+The one command that imports the sample-data generator (pipeline/samples/); product code never does."""
 
 from __future__ import annotations
 

@@ -1,26 +1,21 @@
-"""The `smartedit` command line.
+"""The `smartedit` entry point (``[project.scripts]``): the parser tree and error reporting.
 
-Subcommands live beside the code they drive: each module in ``COMMAND_MODULES`` has a
-``register(subparsers)`` that adds its parsers with a ``func`` handler returning an exit code.
-Handlers import heavy libraries themselves, so ``smartedit --help`` stays fast.
+Each module in ``COMMANDS`` has a ``register(subparsers)`` that adds its parsers with a ``func`` handler
+returning an exit code. Bad input (FileNotFoundError, ValueError) is one ``error:`` line; ``-v`` also
+prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-COMMAND_MODULES = (
-    "pipeline.samples.cli",
-    "pipeline.sources.cli",
-    "pipeline.synthetic.cli",
-    "model.cli",
-    "model.evaluation.cli",
-)
+from smartedit_cli import convert, edit, evaluate, samples, synthetic, train
+
+COMMANDS = (samples, convert, synthetic, train, edit, evaluate)
 
 
 def _shards_inspect(args: argparse.Namespace) -> int:
@@ -76,11 +71,7 @@ def _add_shards(subparsers) -> None:
     p.add_argument("path", help="a dataset directory, a shardindex.json, or a directory holding several datasets")
     p.add_argument("--no-schema", action="store_true", help="skip the per-sample schema check")
     p.set_defaults(func=_shards_verify)
-    try:
-        from pipeline.synthetic.cli import add_shards_subcommands
-    except ImportError:
-        return
-    add_shards_subcommands(sub)
+    synthetic.add_shards_subcommands(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,15 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_shards(subparsers)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and (name == err.name or name.startswith(err.name + ".")):
-                continue  # that part of the project is not installed in this checkout
-            raise
+    for module in COMMANDS:
         module.register(subparsers)
     return parser
+
+
+def _one_line(err: Exception) -> str:
+    """pydantic's ValidationError spans lines; say each problem as ``Model.field = value: message``."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    return "; ".join(f"{err.title}.{'.'.join(map(str, e['loc']))} = {e['input']!r}: {e['msg']}" for e in err.errors())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.verbose:
+            logging.getLogger("smartedit").exception("traceback (-v)")
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -1,5 +1,5 @@
-"""`smartedit build-synthetic` and `smartedit shards sheet` (the lead's `shards` group calls
-`add_shards_subcommands`)."""
+"""`smartedit build-synthetic` (its build options are generated from `SyntheticConfig`) and
+`smartedit shards sheet` (the `shards` group calls `add_shards_subcommands`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import argparse
 import json
 import sys
 
-from pipeline.synthetic.config import SCENARIOS
+from model.config_args import add_config_arguments
+from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 
 
 def _scenarios(text: str) -> dict[str, int]:
-    """'left_right=50,reasoning=20' or 'all=30'."""
+    """'left_right=50,reasoning=20' or 'all=30' (or a JSON mapping)."""
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, count = part.partition("=")
@@ -26,15 +29,11 @@ def _scenarios(text: str) -> dict[str, int]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from model.config_args import given_overrides
     from pipeline.synthetic.build import BuildInputs, build
     from pipeline.synthetic.config import SyntheticConfig
 
-    overrides = {k: v for k, v in {
-        "scenarios": args.scenarios, "operations": args.operations, "seed": args.seed, "shard_size": args.shard_size,
-        "sam_type": args.sam_type, "sam_checkpoint": args.sam_checkpoint, "inpaint_dir": args.inpaint_dir,
-        "clip_dir": args.clip_dir, "llm_dir": args.llm_dir, "device": args.device, "batch_size": args.batch_size,
-        "eval_sets": args.eval_set, "inpaint_steps": args.steps, "inpaint_resolution": args.resolution,
-    }.items() if v is not None}
+    overrides = given_overrides(args, args.config_options)
     cfg = SyntheticConfig.preset(args.preset, **overrides) if args.preset else SyntheticConfig(**overrides)
     inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes)
     result = build(cfg, inputs, args.out, progress=lambda done, total: print(f"shard {done}/{total}", file=sys.stderr))
@@ -71,19 +70,9 @@ def register(subparsers) -> None:
     p.add_argument("--scenes", help="ground-truth scenes.json with per-image mirror regions (default: the "
                                     "sample-data directory's; shards have none)")
     p.add_argument("--out", required=True, help="output dataset directory (rerun to resume)")
-    p.add_argument("--preset", choices=["tiny", "sd15"], help="start from a named preset")
-    p.add_argument("--scenarios", type=_scenarios, help="NAME=COUNT,... or all=COUNT (default 100 each)")
-    p.add_argument("--operations", nargs="+", choices=["replace", "remove", "recolour"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--shard-size", type=int)
-    p.add_argument("--sam-type", choices=["vit_h", "vit_l", "vit_b"])
-    p.add_argument("--sam-checkpoint", help="official SAM .pth (none: annotation masks)")
-    p.add_argument("--inpaint-dir", help="diffusers inpainting pipeline directory (none: CPU editor)")
-    p.add_argument("--clip-dir", help="CLIPModel directory for the direction filter")
-    p.add_argument("--llm-dir", help="causal LM directory for extra paraphrases")
-    p.add_argument("--device")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps", type=int, help="inpainting steps")
-    p.add_argument("--resolution", type=int, help="inpainting resolution")
-    p.add_argument("--eval-set", action="append", help="Reason-Edit dir or MagicBrush parquet to keep out (repeatable)")
-    p.set_defaults(func=_build)
+    p.add_argument("--preset", choices=["tiny", "sd15"], help="start from a named SyntheticConfig preset")
+    config = p.add_argument_group("build config (SyntheticConfig fields; default: the preset's or the class's)")
+    p.set_defaults(func=_build, config_options=add_config_arguments(
+        config, SyntheticConfig, types_={"scenarios": _scenarios},
+        # the spellings this command had before its options came from SyntheticConfig
+        aliases={"eval_sets": ["--eval-set"], "inpaint_steps": ["--steps"], "inpaint_resolution": ["--resolution"]}))

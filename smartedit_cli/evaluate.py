@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from model.config_args import given_overrides
     from model.evaluation.evaluate import evaluate
 
     def progress(done: int, total: int) -> None:
@@ -27,9 +28,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         dino_dir=args.dino,
         vlm_dir=args.vlm_judge,
         device=args.device,
-        editor_kwargs={k: v for k, v in (("num_inference_steps", args.steps),
-                                         ("text_guidance_scale", args.text_guidance),
-                                         ("image_guidance_scale", args.image_guidance)) if v is not None},
+        editor_kwargs=given_overrides(args, args.sampling_options),
         progress=progress,
     )
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
@@ -55,6 +54,9 @@ def _ins_align(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from model.config import SamplingConfig
+    from model.config_args import add_config_arguments
+
     p = subparsers.add_parser(
         "evaluate",
         help="run an editor over Reason-Edit (or evaluation shards) and write metrics, report, grids, judging page",
@@ -72,10 +74,10 @@ def register(subparsers) -> None:
     p.add_argument("--vlm-judge", default=None, metavar="DIR", help="local LLaVA directory for the VLM judge column")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds, one edit per seed (default 0)")
     p.add_argument("--device", default="cpu", help="device for the pipeline and the metric networks (default cpu)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the saved pipeline's)")
-    p.add_argument("--text-guidance", type=float, default=None, help="text guidance scale s_T (default: the saved pipeline's)")
-    p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale s_I (default: the saved pipeline's)")
-    p.set_defaults(func=_evaluate)
+    sampling = p.add_argument_group("sampling (default: the pipeline's saved sampling config)")
+    p.set_defaults(func=_evaluate, sampling_options=add_config_arguments(
+        sampling, SamplingConfig, aliases={"num_inference_steps": ["--steps"], "text_guidance_scale": ["--text-guidance"],
+                                           "image_guidance_scale": ["--image-guidance"]}))
 
     p = subparsers.add_parser("ins-align", help="Ins-align figures from judging-page exports (JSON)")
     p.add_argument("judgements", nargs="+", help="judgement JSON files exported by judging.html (one per judge)")
