@@ -206,7 +206,7 @@ def test_evaluate_cli_parses_its_options():
     args = parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "official",
                               "--seeds", "0", "3", "--clip", "c", "--lpips", "l", "--dino", "d", "--vlm-judge", "v"])
     assert (args.protocol, args.seeds, args.clip, args.lpips) == ("official", [0, 3], "c", "l")
-    assert (args.dino, args.vlm_judge, args.steps) == ("d", "v", None)  # steps: None = the saved pipeline's
+    assert (args.dino, args.vlm_judge) == ("d", "v")
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "paper"])
 
