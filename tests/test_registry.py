@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 
 import numpy as np
 import pytest
@@ -145,22 +144,30 @@ def test_registry_errors_name_the_file(tmp_path):
         ChampionRegistry(tmp_path / "cut.json").load()
 
 
-def _writer(path: str, who: int, n: int) -> None:
-    reg = ChampionRegistry(path)
-    for i in range(n):
-        reg.record({"pipeline": f"w{who}-{i}", "items": [{"key": str(k), "seed": 0, "psnr": 1.0} for k in range(50)]},
-                   {"promote": i % 2 == 0})
+WRITER = """
+import sys
+from model.registry import ChampionRegistry
+path, who, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+reg = ChampionRegistry(path)
+for i in range(n):
+    reg.record({"pipeline": f"w{who}-{i}", "items": [{"key": str(k), "seed": 0, "psnr": 1.0} for k in range(50)]},
+               {"promote": i % 2 == 0})
+"""
 
 
 def test_concurrent_writers_lose_nothing_and_never_corrupt_the_file(tmp_path):
+    """Three processes append 15 decisions each at the same time (separate interpreters, as two flow runs are)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     path = str(tmp_path / "registry.json")
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(path, w, 15)) for w in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, str(w), "15"], env=env, stderr=subprocess.PIPE)
+             for w in range(3)]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
     data = json.loads((tmp_path / "registry.json").read_text())
     assert sorted(h["pipeline"] for h in data["history"]) == sorted(f"w{w}-{i}" for w in range(3) for i in range(15))
     assert not list(tmp_path.glob("*.tmp"))

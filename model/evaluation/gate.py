@@ -189,7 +189,7 @@ def decide(
     else:
         reasons.append(f"edit rate {rate:.0%} ≥ {policy.min_edit_rate:.0%}")
 
-    beats = [m for m in (following or [CHANGE_METRIC])]
+    beats = following or [CHANGE_METRIC]  # fidelity-only: at least it must change its edit regions
     versus_identity = [c for m in beats if (c := compare(candidate, identity, m, policy, "identity")) is not None]
     decision.comparisons += versus_identity
     reasons += [_fmt(c) for c in versus_identity]
