@@ -4,9 +4,10 @@
     python bench/synthetic.py gpu [--pairs 16] [--batch 8]          # batched vs per-pair inpainting (CUDA)
 
 cpu: the sample data (pipeline.samples.make_samples: rendered COCO-format scenes, 240–640 px) through
-every stage with the CPU editor (CIELAB recolour, biharmonic removal) and annotation masks. Each stage
-runs over the materialised output of the previous one, so its time is its own; the end-to-end figure is
-a full `build` (plan + shards + manifest + export + contact sheet + data card) into a fresh directory.
+a full `build` (plan + shards + manifest + export + contact sheet + data card) with the CPU editor
+(CIELAB recolour, OpenCV removal, best of 3, verification) and annotation masks, the leakage guard on
+the sample Reason-Edit set. Every stage times its own work (pipeline.synthetic.stages), so items/s per
+stage come from the build's yields table.
 
 gpu: a real-size SD-1.5 inpainting architecture (UNet 320/640/1280/1280 with 9 input channels, SD VAE,
 CLIP ViT-L/14 text encoder) at random weights, fp16, saved and loaded through the builder's own
@@ -24,23 +25,11 @@ import time
 from pathlib import Path
 
 
-def _timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
-
-
 def bench_cpu(scenes: Path | None, repeats: int) -> None:
     import torch
 
-    from pipeline.records import Reject
     from pipeline.synthetic import build as b
-    from pipeline.synthetic.colour_naming import load_colour_table
     from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
-    from pipeline.synthetic.editors import LabEditor, apply_edits
-    from pipeline.synthetic.filters import filter_edits, filter_mask_area
-    from pipeline.synthetic.masks import refine_masks
-    from pipeline.synthetic.pair import load_pairs
 
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="bench-synthetic-"))
@@ -48,35 +37,32 @@ def bench_cpu(scenes: Path | None, repeats: int) -> None:
         from pipeline.samples import make_samples
 
         scenes = make_samples(tmp / "samples", seed=0).root
-    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, shard_size=64)
+    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, shard_size=64,
+                          eval_sets=[str(Path(scenes) / "reason_edit")])
     inputs = b.BuildInputs(input=str(scenes))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, torch threads 2")
 
-    rows: dict[str, list[float]] = {}
-    n_pairs = 0
+    # Every stage times its own work (pipeline.synthetic.stages), so one full build gives the per-stage
+    # figures without re-running stages in isolation.
+    seconds: dict[str, list[float]] = {}
+    items: dict[str, int] = {}
+    totals: list[float] = []
+    kept = 0
     for r in range(repeats):
-        plan, t_plan = _timed(b.plan_build, cfg, inputs, tmp / f"plan{r}")
-        jobs = [b.EditJob.from_json(e["job"]) for e in plan["entries"] if "job" in e]
-        n_pairs = len(jobs)
-        scenes_json = plan["scenes_json"]
-        pairs, t_load = _timed(lambda: list(load_pairs(jobs, tuple(cfg.mirror_categories), scenes_json)))
-        pairs, t_mask = _timed(lambda: list(refine_masks(pairs, None, cfg.sam_min_iou, cfg.dilate_px)))
-        pairs, t_area = _timed(lambda: list(filter_mask_area(pairs, cfg)))
-        edited, t_edit = _timed(lambda: list(apply_edits(pairs, LabEditor(load_colour_table()), cfg.batch_size)))
-        kept, t_filter = _timed(lambda: list(filter_edits(edited, cfg, None)))
-        kept = [p for p in kept if not isinstance(p, Reject)]
-        samples, t_encode = _timed(lambda: list(b.to_samples(kept, cfg, {"scenario": {}, "operation": {}})))
-        _, t_total = _timed(b.build, cfg, inputs, tmp / f"build{r}")
-        for name, t in (("plan (leakage, scenes, selection, instructions)", t_plan), ("load pairs", t_load),
-                        ("masks (annotation + dilation)", t_mask), ("mask area filter", t_area),
-                        ("CPU editor (recolour + removal)", t_edit), ("quality filters", t_filter),
-                        ("encode samples (3 PNGs + json)", t_encode), ("end-to-end build", t_total)):
-            rows.setdefault(name, []).append(t)
-    print(f"{n_pairs} planned pairs from the sample data; median of {repeats} runs")
-    print(f"{'stage':<50} {'seconds':>8} {'pairs/s':>9}")
-    for name, times in rows.items():
+        t0 = time.perf_counter()
+        result = b.build(cfg, inputs, tmp / f"build{r}")
+        totals.append(time.perf_counter() - t0)
+        kept = result["kept"]
+        for row in result["yields"]:
+            seconds.setdefault(row["stage"], []).append(row["seconds"])
+            items[row["stage"]] = row["in"]
+    print(f"{kept} pairs kept from the sample data; median of {repeats} runs")
+    print(f"{'stage':<22} {'items in':>9} {'seconds':>8} {'items/s':>9}")
+    for name, times in seconds.items():
         t = statistics.median(times)
-        print(f"{name:<50} {t:8.3f} {n_pairs / t:9.1f}")
+        print(f"{name:<22} {items[name]:9d} {t:8.3f} {items[name] / t if t else float('inf'):9.1f}")
+    t = statistics.median(totals)
+    print(f"{'end-to-end build':<22} {kept:9d} {t:8.3f} {kept / t:9.1f}  (kept pairs/s)")
 
 
 def _sd15_inpaint_dir(root: Path) -> Path:

@@ -74,7 +74,7 @@ def _sync(device) -> None:
 def time_steps(model, micro_batch: int, steps: int, warmup: int, device, autocast_dtype, size: int) -> dict:
     import torch
 
-    params = list(model.trainable_parameters(2).values())
+    params = list(model.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-3)
     batch = {k: v.to(device) for k, v in _batch(model, micro_batch, size).items()}
     step = _step_fn(model, optimizer, device, autocast_dtype)
@@ -221,7 +221,7 @@ def step_flops(model, micro_batch: int, device, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    params = list(model.trainable_parameters(2).values())
+    params = list(model.trainable_parameters().values())
     optimizer = torch.optim.SGD(params, lr=0.0)  # FLOPs of forward+backward; the optimizer's are negligible
     batch = {k: v.to(device) for k, v in _batch(model, micro_batch, size).items()}
     counter = FlopCounterMode(display=False)
@@ -242,7 +242,7 @@ def run_gpu(args) -> dict:
     # 7B-shaped parts built in memory, handed to the assembly seam (no checkpoint directories needed)
     model = assemble_smartedit(get_preset("7b", stage=2), build_7b_shaped_components(device)).to(device)
     n_params = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("llava", "unet", "qformer", "bim")}
-    n_train = sum(p.numel() for p in model.trainable_parameters(2).values())
+    n_train = sum(p.numel() for p in model.trainable_parameters().values())
     rows = []
     for mb in args.micro_batches:
         torch.cuda.empty_cache()

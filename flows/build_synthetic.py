@@ -3,8 +3,8 @@
 Thin: a plan task (cheap scene analysis and target selection, written once to ``plan.json``), one task
 per output shard (skipped when its completion marker exists, so a rerun resumes), and a finalise task
 (manifest with yields, SmartEdit JSON export, contact sheet, data card). Shard tasks that run models on
-a GPU hold a slot of the global concurrency limit ``gpu``; with ``strict=False`` Prefect 3.8 only
-warns and runs when that limit does not exist (as under the test harness), the local stack creates it.
+a GPU hold a slot of the global concurrency limit ``gpu``, acquired with ``strict=True`` (flows/common.py
+``gpu_slot``); the limit is created when missing, because Prefect 3.8 would otherwise only warn and run unguarded.
 
     prefect deployment run build-synthetic/build-synthetic \
         -p input=/data/samples -p output=/data/shards/synthetic -p config='{"scenarios": {"left_right": 50}}'

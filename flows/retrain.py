@@ -114,8 +114,10 @@ def retrain(
     if synthetic is not None:
         from flows.build_synthetic import build_synthetic
 
-        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False,
-                        config=synthetic.config)
+        # The benchmark this retrain evaluates on is always kept out of the synthetic sources (leakage guard).
+        config = dict(synthetic.config)
+        config["eval_sets"] = list(dict.fromkeys([*config.get("eval_sets", []), benchmark]))
+        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False, config=config)
 
     # 3. stage 2 from the champion
     reg = ChampionRegistry(registry)

@@ -96,9 +96,11 @@ class BidirectionalInteractionModule(nn.Module):
         # SAM's PositionEmbeddingRandom builds its coordinate grid in fp32 and multiplies it by its Gaussian
         # matrix, so that buffer must stay fp32 whatever dtype the rest of the module is cast to (bf16 on GPU);
         # device moves still apply. The embedding itself is cast to the features' dtype in forward().
+        # Only the 'bim' variant has the position embedding ('plain' and 'cross_attention' have none).
         super()._apply(fn, recurse)
-        pe = self.position_embedding
-        pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        pe = getattr(self, "position_embedding", None)
+        if pe is not None:
+            pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
         return self
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 BIMVariant = Literal["bim", "plain", "cross_attention"]
+Projector = Literal["mlp2x_gelu", "linear"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 
@@ -107,6 +108,24 @@ def merge(config: Any, overrides: dict[str, Any]) -> Any:
 
 #: Regex for peft: only the language model's attention projections (plain names would also wrap the CLIP tower).
 LANGUAGE_MODEL_QV = r".*language_model.*\.(q_proj|v_proj)"
+
+
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions."
+)
+
+#: Named prompt templates ({image} = the image placeholder tokens, {instruction} = the edit instruction; the [IMG]
+#: tokens follow the template). "smartedit-official" is what the released SmartEdit weights were trained on
+#: (official ``test/DS_SmartEdit_test.py``): the vicuna_v1 system prompt, the first template of
+#: ``data/ConversationTemplateEditing_use.txt`` with ``[cap]`` = ``"<im_start><image features><im_end>{instruction}"``,
+#: and the template's reply before the [IMG] tokens. The official code strips spaces around added tokens, hence none
+#: around {image}.
+PROMPT_TEMPLATES = {
+    "llava-v1": VICUNA_V1_SYSTEM + " USER: {image}\n{instruction} ASSISTANT:",
+    "smartedit-official": VICUNA_V1_SYSTEM + " USER: Could you produce an image based on the previous image and text "
+    'description "<im_start>{image}<im_end>{instruction}"? ASSISTANT: Certainly, I can create the image you requested',
+}
 
 
 @dataclass
@@ -277,11 +296,12 @@ class SmartEditConfig:
     """r: new tokens <img_0>..<img_{r-1}> appended after the instruction."""
     img_token_format: str = "<img_{}>"
     """Spelling of the new tokens."""
-    prompt_template: str = (
-        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-        "detailed, and polite answers to the user's questions. USER: {image}\n{instruction} ASSISTANT:"
-    )
-    """LLaVA v1 conversation; {image} becomes the image placeholder tokens. Answer and [IMG] tokens follow."""
+    prompt_template: str = PROMPT_TEMPLATES["llava-v1"]
+    """LLaVA v1 conversation; {image} becomes the image placeholder tokens. Answer and [IMG] tokens follow.
+    Named alternatives in ``PROMPT_TEMPLATES`` (e.g. "smartedit-official" for imported official weights)."""
+    projector: Projector = "mlp2x_gelu"
+    """LLaVA projector: "mlp2x_gelu" (LLaVA-1.5, transformers' default) or "linear" (LLaVA-1.1, the paper's base
+    and the released SmartEdit weights: one Linear from CLIP to the LLM width)."""
     lora: LoRAConfig | None = field(default_factory=lambda: dataclasses.replace(LORA_PAPER))
     """LoRA on the LLM; None = no adapter (merged inference checkpoints)."""
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
@@ -367,6 +387,8 @@ class SmartEditConfig:
             "InstructDiffusion or InstructPix2Pix 'unet/', or SD-1.5 'unet/'",
             "vae_dir": "a diffusers AutoencoderKL dir (SD-1.5 'vae/')",
         }
+        if self.stage == 1:  # alignment builds no UNet or VAE (model/smartedit.py build_smartedit)
+            del needs["unet_dir"], needs["vae_dir"]
         if self.null_text_embeds_path is None:
             needs["clip_text_dir"] = "a CLIP ViT-L/14 text encoder dir (transformers CLIPTextModel + tokenizer)"
         for name, what in needs.items():
@@ -414,6 +436,10 @@ PRESETS = {
     "13b": lambda **kw: _real("13b", 5120, LORA_PAPER, **kw),
     "7b-official": lambda **kw: _real("7b-official", 4096, LORA_OFFICIAL, **kw),
     "13b-official": lambda **kw: _real("13b-official", 5120, LORA_OFFICIAL, **kw),
+    # The paper's base LLM: LLaVA-1.1 (Vicuna-1.1, CLIP-L/14 at 224 px, layer -2, one Linear projector). llava_dir
+    # is a LLaVA-1.1 / LLaVA-Lightning checkpoint converted by `smartedit import-checkpoint llava-original`.
+    "7b-paper": lambda **kw: _real("7b-paper", 4096, LORA_PAPER, **{"projector": "linear", **kw}),
+    "13b-paper": lambda **kw: _real("13b-paper", 5120, LORA_PAPER, **{"projector": "linear", **kw}),
 }
 
 

@@ -9,10 +9,7 @@ so the stream position saved in a checkpoint is just the next draw index.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +19,9 @@ from PIL import Image
 
 from model.mixture import Draw, Mixture, MixtureSampler
 from model.overlay import OverlayTemplates, labelmap_edit, load_templates, reasoning_edit, referring_edit
+from pipeline.shards import IMAGE_EXTENSIONS, decode_sample, image_member, open_indexed
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-#: single-channel members: decoded without RGB conversion.
-MASK_MEMBERS = ("mask.png", "ignore.png", "seg.png")
-MAX_ATTEMPTS = 8
 
 
 @dataclass
@@ -56,34 +49,22 @@ class SampleError(ValueError):
 
 
 def decode_members(raw: dict[str, Any]) -> dict[str, Any]:
-    """wids sample ({'.jpg': BytesIO, '.json': ..., '__key__': ...}) → {'json': dict, 'jpg': RGB PIL, 'mask.png': (H, W) uint8}."""
-    out: dict[str, Any] = {"__key__": raw.get("__key__", "?")}
-    for name, value in raw.items():
-        if name.startswith("__"):
-            continue
-        ext = name.lstrip(".")
-        data = value.read() if hasattr(value, "read") else value
-        if ext == "json":
-            out["json"] = json.loads(data)
-        elif ext in MASK_MEMBERS:
-            arr = np.array(Image.open(io.BytesIO(data)))
-            if arr.ndim != 2:
-                raise SampleError(f"sample {out['__key__']}: member {ext} must be single-channel, got shape {arr.shape}")
-            out[ext] = arr
-        elif ext.rsplit(".", 1)[-1] in IMAGE_EXTS:
-            out[ext] = Image.open(io.BytesIO(data)).convert("RGB")
-        else:
-            out[ext] = data
-    if "json" not in out:
-        raise SampleError(f"sample {out['__key__']}: no json member")
-    return out
+    """wids sample ({'.jpg': BytesIO, '.json': ..., '__key__': ...}) → {'json': dict, 'jpg': RGB PIL, 'mask.png': (H, W) uint8}.
+
+    Decoding is the shard contract's (`pipeline.shards.decode_sample`): images as displayed (EXIF
+    orientation applied, as the converters' masks and sizes assume), masks single-channel and untouched.
+    """
+    try:
+        return decode_sample(raw)
+    except ValueError as err:
+        raise SampleError(str(err)) from None
 
 
 def _image(sample: dict[str, Any], prefix: str = "") -> Image.Image:
-    for ext in IMAGE_EXTS:
-        if prefix + ext in sample:
-            return sample[prefix + ext]
-    raise SampleError(f"sample {sample['__key__']}: no {prefix or ''}image member ({', '.join(prefix + e for e in IMAGE_EXTS)})")
+    name = image_member(sample, prefix)
+    if name is None:
+        raise SampleError(f"sample {sample['__key__']}: no {prefix or ''}image member ({', '.join(prefix + e for e in IMAGE_EXTENSIONS)})")
+    return sample[name]
 
 
 def square_resize(image: Image.Image, size: int, resample: int = Image.Resampling.BICUBIC) -> Image.Image:
@@ -150,8 +131,7 @@ class MixtureDataset:
 
     featurize: TrainExample → dict of tensors (the model's processor, adapted in the recipe).
     Readers (wids) open lazily in each process, so the dataset pickles into DataLoader workers.
-    A sample that fails to decode or render is logged (rate-limited) and replaced by a re-draw keyed
-    on the attempt number, so the stream stays deterministic.
+    A sample that fails to decode or render raises `SampleError` (see ``example``).
     """
 
     def __init__(self, mixture: Mixture, featurize: Callable[[TrainExample], dict[str, Any]], *, rank: int = 0,
@@ -162,36 +142,28 @@ class MixtureDataset:
         self.resolution = resolution
         self.templates = templates or load_templates()
         self._readers: dict[int, Any] = {}
-        self._last_warning = 0.0
-        self.errors = 0
 
     def _reader(self, dataset: int):
         if dataset not in self._readers:
-            import wids
-
-            ref = self.mixture.datasets[dataset]
-            # localname=identity: read local shards in place (wids otherwise copies them into a cache dir).
-            self._readers[dataset] = wids.ShardListDataset(ref.index_path, localname=lambda url: url,
-                                                           transformations=[lambda s: s])
+            self._readers[dataset] = open_indexed(self.mixture.datasets[dataset].index_path)
         return self._readers[dataset]
 
     def read(self, draw: Draw) -> dict[str, Any]:
         return decode_members(self._reader(draw.dataset)[draw.sample])
 
     def example(self, index: int) -> TrainExample:
-        for attempt in range(MAX_ATTEMPTS):
-            draw = self.sampler.draw(index, attempt)
-            try:
-                return render_example(self.read(draw), np.random.default_rng(draw.render_seed),
-                                      resolution=self.resolution, templates=self.templates)
-            except (SampleError, KeyError, OSError, ValueError) as err:
-                self.errors += 1
-                if time.monotonic() - self._last_warning > 10:
-                    self._last_warning = time.monotonic()
-                    ref = self.mixture.datasets[draw.dataset]
-                    log.warning("draw %d: sample %d of %s unusable (%s); re-drawing (%d errors so far)",
-                                index, draw.sample, ref.index_path, err, self.errors)
-        raise RuntimeError(f"draw {index}: {MAX_ATTEMPTS} consecutive unusable samples; check the shards with `smartedit shards verify`")
+        """Draw ``index`` rendered. A sample that cannot be read or rendered is an error naming the draw, the
+        dataset, the sample and the reason, never a silent re-draw: the writer validated every sample, so a bad
+        one is a damaged shard or a bug, and training on a substitute would hide it."""
+        draw = self.sampler.draw(index)
+        ref = self.mixture.datasets[draw.dataset]
+        try:
+            return render_example(self.read(draw), np.random.default_rng(draw.render_seed),
+                                  resolution=self.resolution, templates=self.templates)
+        except (SampleError, OSError, KeyError) as err:
+            reason = f"json has no field {err}" if isinstance(err, KeyError) else str(err)
+            raise SampleError(f"draw {index}: sample {draw.sample} of {ref.index_path} is unusable: {reason}; "
+                              f"check the shards with `smartedit shards verify` and rebuild the dataset") from err
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.featurize(self.example(index))

@@ -15,7 +15,6 @@ with ``wids`` (random access into the tar shards).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,12 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from data_specs import spec_path
+from pipeline.shards import dataset_info
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "data_specs" / "mixture.yaml"
+DEFAULT_SPEC = spec_path("mixture.yaml")
 
 
 class MixtureNode(BaseModel):
@@ -120,22 +122,8 @@ class DatasetRef:
 
 def read_dataset_ref(path: Path | str) -> DatasetRef:
     """Metadata of one manifest (no shard is opened). Accepts the dataset dir or its shardindex.json."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "shardindex.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no shardindex.json; pass the manifest written by a convert/build flow")
-    index = json.loads(path.read_text())
-    if index.get("__kind__") != "wids-shard-index-v1":
-        raise ValueError(f"{path}: field '__kind__' is {index.get('__kind__')!r}, expected 'wids-shard-index-v1'")
-    source = (index.get("provenance") or {}).get("source")
-    if not source:
-        sources = list((index.get("counts") or {}).get("sources", {}))
-        if len(sources) != 1:
-            raise ValueError(f"{path}: no provenance.source and counts.sources is {sources}; cannot tell which source this is")
-        source = sources[0]
-    nsamples = sum(int(s["nsamples"]) for s in index["shardlist"])
-    return DatasetRef(str(path.resolve()), str(index.get("name", path.parent.name)), str(source), nsamples)
+    info = dataset_info(path)  # the one manifest reader (pipeline/shards.py): checks the file, names its faults
+    return DatasetRef(info.index_path, info.name, info.source, info.nsamples)
 
 
 @dataclass
@@ -258,9 +246,9 @@ class MixtureSampler:
             sizes = np.array([d.nsamples for d in leaf.datasets], dtype=np.float64)
             self._data_p.append(sizes / sizes.sum())
 
-    def draw(self, draw_index: int, attempt: int = 0) -> Draw:
-        """Draw ``draw_index`` of this rank; ``attempt`` > 0 re-draws (replacing an unusable sample)."""
-        key = [self.seed, self.rank, draw_index] + ([attempt] if attempt else [])
+    def draw(self, draw_index: int) -> Draw:
+        """Draw ``draw_index`` of this rank."""
+        key = [self.seed, self.rank, draw_index]
         rng = np.random.default_rng(key)
         li = int(rng.choice(len(self._leaf_p), p=self._leaf_p))
         leaf = self.mixture.leaves[li]

@@ -17,7 +17,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "data_specs" / "instruction_templates" / "seg_overlay.yaml"
+from data_specs import spec_path
+
+DEFAULT_TEMPLATES = spec_path("instruction_templates", "seg_overlay.yaml")
 N_MARK_TEMPLATES = 11
 COCO_UNLABELED = 255
 

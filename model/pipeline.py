@@ -77,13 +77,13 @@ class SmartEditPipeline:
         """Write the folder layout in the module docstring (LoRA and the new token rows merged into llava/)."""
         from safetensors.torch import save_file
 
-        from model.llava import SmartEditLLaVA
+        from model.llava import base_llava, merged_state_dict
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         m = self.model
-        llava = SmartEditLLaVA.inner(m.llava)
-        llava.save_pretrained(directory / "llava", state_dict=SmartEditLLaVA.merged_state_dict(m.llava))
+        llava = base_llava(m.llava)
+        llava.save_pretrained(directory / "llava", state_dict=merged_state_dict(m.llava))
         m.processor.tokenizer.save_pretrained(directory / "llava")
         m.processor.image_processor.save_pretrained(directory / "llava")
         m.qformer.save_pretrained(directory / "qformer")
@@ -197,7 +197,7 @@ class SmartEditPipeline:
         ``config.resolution``."""
         from PIL import Image as PILImage
 
-        from model.processor import pil_to_unit_range
+        from model.processor import pil_to_signed_unit_range
 
         m = self.model
         height = height or m.config.resolution
@@ -211,7 +211,7 @@ class SmartEditPipeline:
             raise ValueError(f"height and width must be multiples of {f}, got {height}×{width}")
         device, dtype = self.device, self.dtype
         batch = m.processor(images, instructions)
-        src = torch.stack([pil_to_unit_range(im, (height, width)) for im in images])
+        src = torch.stack([pil_to_signed_unit_range(im, (height, width)) for im in images])
         enc = m.encode_instruction(
             batch["clip_pixels"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
             batch["img_token_mask"].to(device),

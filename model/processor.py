@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-def pil_to_unit_range(image: Image.Image, size: int | tuple[int, int]):
+def pil_to_signed_unit_range(image: Image.Image, size: int | tuple[int, int]):
     """PIL → (3, H, W) float tensor in [-1, 1]; size is S or (H, W) (bicubic resize when the size differs)."""
     import numpy as np
     import torch
@@ -31,6 +31,17 @@ def pil_to_unit_range(image: Image.Image, size: int | tuple[int, int]):
         image = image.resize((width, height), PILImage.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
+
+
+def clip_input_size(image_processor) -> tuple[int, int]:
+    """(H, W) the vision tower reads: the processor's crop size (224×224 for CLIP-L/14-224)."""
+    crop = getattr(image_processor, "crop_size", None) or {}
+    if getattr(image_processor, "do_center_crop", True) and "height" in crop:
+        return int(crop["height"]), int(crop["width"])
+    size = image_processor.size
+    if "height" in size:
+        return int(size["height"]), int(size["width"])
+    return int(size["shortest_edge"]), int(size["shortest_edge"])
 
 
 class SmartEditProcessor:
@@ -66,11 +77,26 @@ class SmartEditProcessor:
         ids += self._ids(pre)
         if with_image:
             ids += [self.image_token_id] * self.num_image_placeholders
+        else:  # text only (stage-1 captions): no line break after an image that is not there
+            post = post.lstrip("\n")
         return ids + self._ids(post.format(instruction=instruction))
 
     def clip_pixels(self, image: Image.Image):
-        """CLIP-normalised vision-tower input (3, S, S)."""
-        return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        """CLIP-normalised vision-tower input (3, S, S).
+
+        Geometry: the whole image is resized (squashed) to S×S, the same transform the UNet's view gets
+        (``pil_to_signed_unit_range`` to R×R), so every CLIP patch — hence every BIM feature in v′ — lies over the latent
+        cells it is added to. The CLIP processor's own shortest-edge resize + centre crop would drop the sides of a
+        non-square image (on a 4:1 image, the outer 37.5 % on each side) while the UNet still edits them. The
+        official inference (``test/DS_SmartEdit_test.py``) squashes both views the same way (224 and 256 px)."""
+        from PIL import Image as PILImage
+
+        height, width = clip_input_size(self.image_processor)
+        image = image.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), PILImage.BICUBIC)
+        return self.image_processor(images=image, do_resize=False, do_center_crop=False,
+                                    return_tensors="pt")["pixel_values"][0]
 
     def encode(
         self,
@@ -102,26 +128,24 @@ class SmartEditProcessor:
         }
         if image is not None:
             sample["clip_pixels"] = self.clip_pixels(image)
-            sample["src_pixels"] = pil_to_unit_range(image, self.config.resolution)
+            sample["src_pixels"] = pil_to_signed_unit_range(image, self.config.resolution)
         if target is not None:
-            sample["tgt_pixels"] = pil_to_unit_range(target, self.config.resolution)
+            sample["tgt_pixels"] = pil_to_signed_unit_range(target, self.config.resolution)
         return sample
 
     def encode_caption(self, caption: str) -> dict[str, Any]:
-        """Stage-1 sample: ``<s>{caption}<img_0>…`` with CE on the [IMG] tokens, plus the CLIP tokens of the caption
-        (clip_text_input_ids (77,)) for the alignment target."""
-        import torch
-
+        """Stage-1 sample: the caption in the same conversation template as a stage-2 edit, text only (no image
+        placeholders): ``<s>{system} USER: {caption} ASSISTANT:<img_0>…``, CE on the [IMG] tokens, plus the CLIP
+        tokens of the caption (clip_text_input_ids (77,)) for the alignment target. One prompt path for both
+        stages (``encode``), so the [IMG] tokens are learned in the context they are used in."""
         if self.text_tokenizer is None:
             raise ValueError("stage-1 captions need the CLIP text tokenizer (config.clip_text_dir)")
-        ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        ids += self._ids(caption)
-        labels = [IGNORE_INDEX] * len(ids) + list(self.img_token_ids)
-        ids += self.img_token_ids
-        clip_ids = self.text_tokenizer(caption, padding="max_length", max_length=self.text_tokenizer.model_max_length,
-                                       truncation=True, return_tensors="pt")["input_ids"][0]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "is_edit": False,
-                "clip_text_input_ids": clip_ids}
+        sample = self.encode(None, caption)
+        sample["is_edit"] = False  # no diffusion target in stage 1
+        sample["clip_text_input_ids"] = self.text_tokenizer(
+            caption, padding="max_length", max_length=self.text_tokenizer.model_max_length, truncation=True,
+            return_tensors="pt")["input_ids"][0]
+        return sample
 
     def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Right-pad token fields; stack images (rows without an image view get zeros, they are masked out).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,15 @@ from torch import nn
 
 from model.bim import BidirectionalInteractionModule
 from model.config import SmartEditConfig
-from model.llava import SmartEditLLaVA, add_img_tokens, num_image_placeholders, wrap_with_lora
+from model.llava import (
+    add_img_tokens,
+    base_llava,
+    encode_image,
+    forward_with_img_tokens,
+    num_image_placeholders,
+    use_projector,
+    wrap_with_lora,
+)
 from model.processor import SmartEditProcessor
 from model.qformer import QFormer
 from model.unet import (
@@ -37,6 +45,13 @@ from model.unet import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class IncompatibleKeys(NamedTuple):
+    """Result of ``SmartEditModel.load_trainable_state_dict``: sorted key lists."""
+
+    missing: list[str]
+    unexpected: list[str]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Parameter-name markers of the LLaVA parts that train (peft naming).
@@ -52,9 +67,9 @@ class SmartEditModel(nn.Module):
         config: SmartEditConfig,
         llava: nn.Module,
         qformer: QFormer,
-        bim: BidirectionalInteractionModule,
-        unet: nn.Module,
-        vae: nn.Module,
+        bim: BidirectionalInteractionModule | None,
+        unet: nn.Module | None,
+        vae: nn.Module | None,
         processor: SmartEditProcessor,
         null_text_embeds: torch.Tensor,
         text_encoder: nn.Module | None = None,
@@ -69,12 +84,13 @@ class SmartEditModel(nn.Module):
         self.text_encoder = text_encoder
         self.processor = processor
         self.noise_scheduler = training_scheduler(config.loss.num_train_timesteps)
-        self.injection = SpatialInjection(unet)
+        # Stage-1 (alignment) builds have no UNet, VAE or BIM: nothing of the diffusion half is used there.
+        self.injection = SpatialInjection(unet) if unet is not None else None
         self.register_buffer("null_text_embeds", null_text_embeds.detach().float().clone(), persistent=False)
-        self.vae.requires_grad_(False)
-        if self.text_encoder is not None:
-            self.text_encoder.requires_grad_(False)
-        self.trainable_parameters(config.stage)
+        for frozen in (self.vae, self.text_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+        self.set_trainable(config.stage)
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
     @property
@@ -90,9 +106,9 @@ class SmartEditModel(nn.Module):
     def train(self, mode: bool = True) -> SmartEditModel:
         """Frozen encoders stay in eval mode (no dropout/noise) whatever the mode."""
         super().train(mode)
-        self.vae.eval()
-        if self.text_encoder is not None:
-            self.text_encoder.eval()
+        for frozen in (self.vae, self.text_encoder):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     @staticmethod
@@ -103,27 +119,26 @@ class SmartEditModel(nn.Module):
             return _TOKEN_ROWS in name or (stage == 2 and _LORA in name)
         return stage == 2 and (name.startswith("bim.") or name.startswith("unet."))
 
-    def trainable_parameters(self, stage: int | None = None, train_bim: bool = True) -> dict[str, nn.Parameter]:
-        """Set requires_grad for ``stage`` (default: config.stage) and return the trainable named parameters.
+    def set_trainable(self, stage: int | None = None, train_bim: bool = True) -> None:
+        """Freeze / unfreeze for ``stage`` (default: config.stage): set ``requires_grad`` on every parameter.
         Stage 1: new token rows, QFormer (+queries). Stage 2: + LoRA, BIM, the full UNet.
-        ``train_bim=False`` keeps BIM frozen; with its zero-initialised heads that is exactly "stage 2 without BIM"
-        (the official code's first 5k steps)."""
+        ``train_bim=False`` keeps BIM frozen; with its zero-initialised heads that is exactly "stage 2 without BIM"."""
         stage = self.config.stage if stage is None else stage
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
-        trainable = {}
         for name, param in self.named_parameters():
-            flag = self._is_trainable(name, stage) and (train_bim or not name.startswith("bim."))
-            param.requires_grad_(flag)
-            if flag:
-                trainable[name] = param
-        return trainable
+            param.requires_grad_(self._is_trainable(name, stage) and (train_bim or not name.startswith("bim.")))
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The named parameters that currently train (``requires_grad``); changes nothing (see ``set_trainable``)."""
+        return {name: param for name, param in self.named_parameters() if param.requires_grad}
 
     def _trainable_keys(self) -> list[str]:
         # Union over both stages, plus persistent buffers of the new modules (BIM's random position matrix).
         keys = [n for n, _ in self.named_parameters() if self._is_trainable(n, 2)]
         for prefix, module in (("qformer.", self.qformer), ("bim.", self.bim), ("unet.", self.unet)):
-            keys += [prefix + n for n, _ in module.named_buffers()]
+            if module is not None:
+                keys += [prefix + n for n, _ in module.named_buffers()]
         return keys
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -132,19 +147,22 @@ class SmartEditModel(nn.Module):
         state = self.state_dict(keep_vars=False)
         return {k: state[k].detach().contiguous() for k in self._trainable_keys() if k in state}
 
-    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Load a ``trainable_state_dict``; with ``strict`` a missing or unexpected key is an error naming it."""
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> IncompatibleKeys:
+        """Load (part of) a ``trainable_state_dict``; return the keys this model expected but did not get
+        (``missing``) and the given keys it has no place for (``unexpected``), as torch's ``load_state_dict`` does.
+        ``strict``: either list non-empty is a KeyError naming the keys, and nothing is loaded. Not strict: the
+        keys both sides have are loaded and the caller decides what the two lists mean (a stage-1 checkpoint
+        holds no LoRA, BIM or UNet). A shape mismatch is always an error."""
         expected = set(self.trainable_state_dict())
         given = set(state_dict)
-        if strict and (expected - given or given - expected):
+        keys = IncompatibleKeys(sorted(expected - given), sorted(given - expected))
+        if strict and (keys.missing or keys.unexpected):
             raise KeyError(
-                f"trainable state dict mismatch: missing {sorted(expected - given)[:5]}, "
-                f"unexpected {sorted(given - expected)[:5]} (was it saved from a model with another config?)"
+                f"trainable state dict mismatch: missing {keys.missing[:5]}, unexpected {keys.unexpected[:5]} "
+                f"(was it saved from a model with another config?)"
             )
-        unexpected = given - expected
-        if unexpected:
-            raise KeyError(f"keys not in this model's trainable set: {sorted(unexpected)[:5]}")
-        self.load_state_dict(state_dict, strict=False)
+        self.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
+        return keys
 
     # -- conditioning -----------------------------------------------------------------------------------------
     def encode_instruction(
@@ -165,8 +183,8 @@ class SmartEditModel(nn.Module):
             img_token_mask = (input_ids >= ids[0]) & (input_ids <= ids[-1])
         patches = image_tokens = None
         if pixel_values_clip is not None:
-            patches, image_tokens = SmartEditLLaVA.encode_image(self.llava, pixel_values_clip)
-        out = SmartEditLLaVA.forward(
+            patches, image_tokens = encode_image(self.llava, pixel_values_clip)
+        out = forward_with_img_tokens(
             self.llava, input_ids, attention_mask, img_token_mask, self.config.num_img_tokens, image_tokens, labels
         )
         out["patch_features"] = patches
@@ -282,35 +300,56 @@ def _null_text_embeds(text_encoder: nn.Module, text_tokenizer) -> torch.Tensor:
 
 def build_smartedit(config: SmartEditConfig, for_inference: bool = False) -> SmartEditModel:
     """Build the complete model from ``config``: the tiny preset in code (unless its directories are set), real
-    presets from local directories. ``for_inference`` skips peft (merged checkpoints) and gradient checkpointing."""
-    return assemble_smartedit(config, load_components(config), for_inference=for_inference)
+    presets from local directories. ``for_inference`` skips peft (merged checkpoints) and gradient checkpointing.
+    A stage-1 training build (``config.stage == 1``) has no UNet, VAE or BIM: alignment never uses them."""
+    diffusion = _has_diffusion(config, for_inference)
+    # Loading must not move the global RNG (the tiny builders seed it): the recipes seed it per rank afterwards.
+    with torch.random.fork_rng():
+        parts = load_components(config, diffusion=diffusion)
+    return assemble_smartedit(config, parts, for_inference=for_inference)
 
 
-def load_components(config: SmartEditConfig) -> dict[str, Any]:
+def _has_diffusion(config: SmartEditConfig, for_inference: bool) -> bool:
+    return config.stage == 2 or for_inference
+
+
+def load_components(config: SmartEditConfig, diffusion: bool = True) -> dict[str, Any]:
     """The pretrained parts ``assemble_smartedit`` takes: ``llava``, ``tokenizer``, ``image_processor``, ``unet``,
     ``vae`` and optionally ``text_encoder`` + ``text_tokenizer`` (needed unless ``null_text_embeds_path`` is set).
-    The tiny preset builds them in code (unless its directories are set); others load from local directories."""
+    The tiny preset builds them in code (unless its directories are set); others load from local directories.
+    ``diffusion=False`` (stage-1 alignment) skips loading the UNet and the VAE."""
     from model.tiny import build_tiny_components
 
     config.check_directories()
     if config.is_tiny and config.llava_dir is None:
         return build_tiny_components(config)
-    return _load_pretrained(config)
+    return _load_pretrained(config, diffusion=diffusion)
 
 
 def assemble_smartedit(config: SmartEditConfig, parts: dict[str, Any], for_inference: bool = False) -> SmartEditModel:
     """Assemble the model from loaded ``parts`` (see ``load_components``): add the [IMG] tokens, widen the UNet's
-    conv_in, wrap LoRA, create (or load) the QFormer and BIM, compute the null text context."""
-    missing = sorted({"llava", "tokenizer", "image_processor", "unet", "vae"} - set(parts))
+    conv_in, wrap LoRA, create (or load) the QFormer and BIM, compute the null text context. A stage-1 training
+    config needs (and uses) no ``unet`` or ``vae``."""
+    diffusion = _has_diffusion(config, for_inference)
+    needed = {"llava", "tokenizer", "image_processor"} | ({"unet", "vae"} if diffusion else set())
+    missing = sorted(needed - set(parts))
     if missing:
         raise ValueError(f"assemble_smartedit: parts {missing} are missing; load_components(config) returns them all")
     llava, tokenizer, image_processor = parts["llava"], parts["tokenizer"], parts["image_processor"]
+    llava = use_projector(llava, config.projector)
     img_ids = add_img_tokens(tokenizer, config)
-    unet = widen_conv_in(parts["unet"])
-    ctx_dim = unet.config.cross_attention_dim
+    unet = widen_conv_in(parts["unet"]) if diffusion else None
+    text_encoder, text_tokenizer = parts.get("text_encoder"), parts.get("text_tokenizer")
+    if unet is not None:
+        ctx_dim, ctx_what = unet.config.cross_attention_dim, "the UNet's cross_attention_dim"
+    elif text_encoder is None:
+        raise ValueError("assemble_smartedit: stage 1 needs parts 'text_encoder' and 'text_tokenizer' (CLIP text: "
+                         "the alignment target)")
+    else:
+        ctx_dim, ctx_what = text_encoder.config.hidden_size, "the CLIP text width (the stage-1 target)"
     if config.qformer.hidden_size != ctx_dim:
-        raise ValueError(f"qformer.hidden_size={config.qformer.hidden_size} must equal the UNet's cross_attention_dim "
-                         f"{ctx_dim} (SD-1.5: 768)")
+        raise ValueError(f"qformer.hidden_size={config.qformer.hidden_size} must equal {ctx_what} {ctx_dim} "
+                         f"(SD-1.5 / CLIP-L/14: 768)")
     # Everything initialised here (new rows, LoRA, QFormer, BIM) depends only on config.seed, not on global RNG.
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -319,18 +358,19 @@ def assemble_smartedit(config: SmartEditConfig, parts: dict[str, Any], for_infer
         llava.requires_grad_(False)
         if config.lora is not None and not for_inference:
             llava = wrap_with_lora(llava, config, img_ids)
-        llava_cfg = SmartEditLLaVA.inner(llava).config
+        llava_cfg = base_llava(llava).config
         llm_width = llava_cfg.text_config.hidden_size
         vision_width = llava_cfg.vision_config.hidden_size
         if config.qformer_dir is not None:
             qformer = QFormer.from_pretrained(config.qformer_dir)
         else:
             qformer = QFormer(config.qformer, llm_width)
-        if config.bim_dir is not None:
+        if unet is None:
+            bim = None
+        elif config.bim_dir is not None:
             bim = BidirectionalInteractionModule.from_pretrained(config.bim_dir)
         else:
             bim = BidirectionalInteractionModule(config.bim, ctx_dim, vision_width, unet.config.block_out_channels[0])
-    text_encoder, text_tokenizer = parts.get("text_encoder"), parts.get("text_tokenizer")
     if config.null_text_embeds_path is not None:
         from safetensors.torch import load_file
 
@@ -341,34 +381,40 @@ def assemble_smartedit(config: SmartEditConfig, parts: dict[str, Any], for_infer
     else:
         null = _null_text_embeds(text_encoder, text_tokenizer)
     if null.shape[-1] != ctx_dim:
-        raise ValueError(f"CLIP text width {null.shape[-1]} != UNet cross_attention_dim {ctx_dim}")
+        raise ValueError(f"CLIP text width {null.shape[-1]} != {ctx_what} {ctx_dim}")
     processor = SmartEditProcessor(
         tokenizer, image_processor, config, llava_cfg.image_token_id, num_image_placeholders(llava_cfg),
         text_tokenizer,
     )
     if config.gradient_checkpointing and not for_inference:
         # Non-reentrant: the frozen base has no grad-requiring inputs of its own (only LoRA / token deltas do).
-        SmartEditLLaVA.inner(llava).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        unet.enable_gradient_checkpointing()
-    model = SmartEditModel(config, llava, qformer, bim, unet, parts["vae"], processor, null, text_encoder)
+        base_llava(llava).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if unet is not None:
+            unet.enable_gradient_checkpointing()
+    vae = parts["vae"] if diffusion else None
+    model = SmartEditModel(config, llava, qformer, bim, unet, vae, processor, null, text_encoder)
     if for_inference:
         model.eval().requires_grad_(False)
     return model
 
 
-def _load_pretrained(config: SmartEditConfig) -> dict[str, Any]:
-    """Load every pretrained part from its local directory (real presets or saved tiny/pipeline dirs)."""
+def _load_pretrained(config: SmartEditConfig, diffusion: bool = True) -> dict[str, Any]:
+    """Load every pretrained part from its local directory (real presets or saved tiny/pipeline dirs);
+    ``diffusion=False`` (stage-1 alignment) skips the UNet and the VAE."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlavaForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel
+
+    from model.llava import load_llava
 
     llm_dtype = _DTYPES[config.llm_dtype]
     parts: dict[str, Any] = {
-        "llava": LlavaForConditionalGeneration.from_pretrained(config.llava_dir, dtype=llm_dtype).eval(),
+        "llava": load_llava(config.llava_dir, llm_dtype, config.projector),
         "tokenizer": AutoTokenizer.from_pretrained(config.tokenizer_dir or config.llava_dir),
         "image_processor": AutoImageProcessor.from_pretrained(config.llava_dir),
-        "unet": UNet2DConditionModel.from_pretrained(config.unet_dir),
-        "vae": AutoencoderKL.from_pretrained(config.vae_dir, torch_dtype=_DTYPES[config.vae_dtype]).eval(),
     }
+    if diffusion:
+        parts["unet"] = UNet2DConditionModel.from_pretrained(config.unet_dir)
+        parts["vae"] = AutoencoderKL.from_pretrained(config.vae_dir, torch_dtype=_DTYPES[config.vae_dtype]).eval()
     if config.clip_text_dir is not None:
         parts["text_encoder"] = CLIPTextModel.from_pretrained(config.clip_text_dir).eval()
         parts["text_tokenizer"] = AutoTokenizer.from_pretrained(config.clip_text_dir)

@@ -1,4 +1,5 @@
-"""Typed training configuration for the two SmartEdit stages, with named presets (paper §4.1; official code).
+"""Typed training configuration for the two SmartEdit stages, with named presets (the SmartEdit
+paper's implementation details; the official train/DS_SmartEdit_train.py).
 
 Usage::
 
@@ -32,13 +33,14 @@ from typing import Any, Literal
 
 import yaml
 
+from data_specs import spec_path
 from model.config import canonical_preset, validate_fields
 from model.config_args import add_config_arguments, given_overrides
 
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Scheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
 
-DEFAULT_MIXTURE = str(Path(__file__).resolve().parents[1] / "data_specs" / "mixture.yaml")
+DEFAULT_MIXTURE = str(spec_path("mixture.yaml"))
 
 
 @dataclass
@@ -76,7 +78,12 @@ class TrainConfig:
     lr_scheduler: Scheduler = "constant_with_warmup"
     """transformers.get_scheduler name."""
     warmup_steps: int = 0
-    """Linear warm-up steps."""
+    """Linear warm-up steps (used when warmup_ratio is None)."""
+    warmup_ratio: float | None = None
+    """Warm-up as a fraction of ``steps`` (official code: 0.04 with cosine); overrides warmup_steps when set."""
+    no_bim_steps: int = 0
+    """Stage 2: train this many steps without BIM (variant plain) before the BIM phase, which starts from that
+    checkpoint and runs the remaining ``steps - no_bim_steps`` (official code: 5k of 20k). 0: BIM from step 1."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping (None = off)."""
     mixed_precision: Precision = "auto"
@@ -112,6 +119,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: lr must be > 0 and weight_decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
         if self.init_from and self.stage != 2:
             raise ValueError("TrainConfig.init_from is a stage-2 option (start from a stage-1 checkpoint)")
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1) or None, got {self.warmup_ratio}")
+        if self.no_bim_steps and (self.stage != 2 or not 0 < self.no_bim_steps < self.steps):
+            raise ValueError(f"TrainConfig.no_bim_steps={self.no_bim_steps} needs stage 2 and 0 < no_bim_steps < "
+                             f"steps ({self.steps}); use 0 to train with BIM from the first step")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"TrainConfig.keep_last must be >= 1 or None, got {self.keep_last}")
         if self.resume == "":
@@ -124,6 +136,10 @@ class TrainConfig:
     @property
     def global_batch_per_rank(self) -> int:
         return self.micro_batch_size * self.grad_accum
+
+    def resolved_warmup_steps(self) -> int:
+        """Warm-up steps: ``round(warmup_ratio × steps)`` when the ratio is set, else ``warmup_steps``."""
+        return round(self.warmup_ratio * self.steps) if self.warmup_ratio is not None else self.warmup_steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,14 +196,15 @@ class TrainConfig:
 
 
 def _stage1(**kw: Any) -> dict[str, Any]:
-    # Paper §4.1: AdamW lr 2e-4, wd 0; 150k steps at global batch 128.
+    # Paper: AdamW lr 2e-4, wd 0; 150k steps at global batch 128. Official train/DS_SmartEdit_train.py: cosine
+    # schedule with 4 % linear warm-up (its lr_scheduler_type / warmup_ratio).
     return {"stage": 1, "lr": 2e-4, "weight_decay": 0.0, "steps": 150_000, "micro_batch_size": 16, "grad_accum": 1,
-            "warmup_steps": 1000, **kw}
+            "lr_scheduler": "cosine", "warmup_ratio": 0.04, **kw}
 
 
 def _stage2(weight_decay: float, **kw: Any) -> dict[str, Any]:
-    # Paper §4.1: AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The code's 5k (no BIM) + 15k (BIM)
-    # is two runs: the first with model={"bim": {"variant": "plain"}}, the second with init_from its checkpoint.
+    # Paper: AdamW lr 1e-5; global batch 128 = 8 GPUs × 2 × accum 8. The official code's schedule (5k steps
+    # without BIM, then 15k with it) is ``no_bim_steps=5000`` in the -official presets (model/train_stage2.py).
     return {"stage": 2, "lr": 1e-5, "weight_decay": weight_decay, "steps": 20_000, "micro_batch_size": 2,
             "grad_accum": 8, "warmup_steps": 500, **kw}
 
@@ -202,9 +219,14 @@ TRAIN_PRESETS: dict[tuple[int, str], dict[str, Any]] = {
     (1, "13b"): _stage1(preset="13b"),
     (2, "7b"): _stage2(1e-3, preset="7b"),
     (2, "13b"): _stage2(1e-3, preset="13b"),
-    # the official code's weight decay (0) with its LoRA (the -official model preset)
-    (2, "7b-official"): _stage2(0.0, preset="7b-official"),
-    (2, "13b-official"): _stage2(0.0, preset="13b-official"),
+    # the official code's weight decay (0), LoRA (the -official model preset) and two-phase BIM schedule
+    (2, "7b-official"): _stage2(0.0, preset="7b-official", no_bim_steps=5000),
+    (2, "13b-official"): _stage2(0.0, preset="13b-official", no_bim_steps=5000),
+    # the paper's recipe on the paper's base (LLaVA-1.1, one Linear projector; `import-checkpoint llava-original`)
+    (1, "7b-paper"): _stage1(preset="7b-paper"),
+    (1, "13b-paper"): _stage1(preset="13b-paper"),
+    (2, "7b-paper"): _stage2(1e-3, preset="7b-paper"),
+    (2, "13b-paper"): _stage2(1e-3, preset="13b-paper"),
 }
 
 
@@ -243,6 +265,10 @@ class RunResult:
     """The SmartEditPipeline directory written at the end (None if not saved)."""
     tensorboard_dir: str
     """Where the TensorBoard event files are."""
+
+    def resolved_warmup_steps(self) -> int:
+        """Warm-up steps: ``round(warmup_ratio × steps)`` when the ratio is set, else ``warmup_steps``."""
+        return round(self.warmup_ratio * self.steps) if self.warmup_ratio is not None else self.warmup_steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

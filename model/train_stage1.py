@@ -1,25 +1,26 @@
-"""Stage 1 (alignment) recipe: caption text only, CE on the [IMG] tokens + MSE(QFormer(h), CLIP text) (REFERENCE §2).
+"""Stage 1 (alignment) recipe: caption text only, CE on the [IMG] tokens + MSE(QFormer(h), CLIP text of the caption)
+(SmartEdit paper, alignment stage; official train/DS_SmartEdit_train.py).
 
-Trains the new [IMG] token rows and the QFormer (with its 77 queries); LLaVA, UNet, BIM, VAE and CLIP text stay
-frozen, and the checkpoints hold only what trains here; stage 2 starts from one with ``init_from``.
-Reads top to bottom: setup → loop → checkpoint → cleanup.
+Trains the new [IMG] token rows and the QFormer (with its 77 queries); LLaVA and CLIP text stay frozen, and no UNet,
+VAE or BIM is built. Checkpoints hold only what trains here; stage 2 starts from one with ``init_from``.
+The shared plumbing (setup → train → checkpoint → cleanup) is model/recipe.py; this file holds stage 1's part.
 
     python -m model.train_stage1 --config stage1.yaml                    # CPU or one GPU
-    accelerate launch --config_file model/accelerate/multi_gpu_deepspeed_zero2.yaml \
+    accelerate launch --config_file model/accelerate/multi_gpu_deepspeed_zero2.yaml \\
         -m model.train_stage1 --config stage1.yaml                       # 8 GPUs
 
 Captions come from `caption` samples (e.g. CC12M text) of the given manifests, drawn ∝ dataset size with the
-same counter-keyed per-rank draws as stage 2 (model/mixture.py), so resume continues the exact stream.
+same counter-keyed per-rank draws as stage 2 (model/mixture.py), so resume continues the exact stream. Each caption
+is wrapped in the same conversation template as a stage-2 edit (SmartEditProcessor.encode_caption).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
-from model.train_config import RunResult, TrainConfig, parse_cli
+from model.recipe import Recipe, recipe_main
+from model.train_config import RunResult, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,125 +37,37 @@ class FeaturizeCaption:
         return self.processor.encode_caption(example.caption)
 
 
-def stage1_state_dict(model) -> dict[str, Any]:
-    """Only what stage 1 trains: the new token rows and the QFormer (parameters and buffers)."""
-    keys = set(model.trainable_parameters(1))
-    return {k: v for k, v in model.trainable_state_dict().items() if k in keys or k.startswith("qformer.")}
+class Stage1Recipe(Recipe):
+    stage = 1
+    loss_names = ("loss", "lm_loss", "align_loss")
+    # Every trainable parameter (token rows, QFormer) gets a gradient from every batch.
+    find_unused_parameters = False
+    # No UNet in stage 1: its result is the checkpoint that stage 2 reads with init_from.
+    writes_pipeline = False
+
+    def checkpoint_weights(self, model) -> dict[str, Any]:
+        """Only what stage 1 trains: the new token rows and the QFormer (parameters and buffers). The LoRA the
+        model carries for stage 2 stays at its initialisation and is not saved: resume loads exactly these keys."""
+        return {k: v for k, v in model.trainable_state_dict().items()
+                if k.startswith("qformer.") or "trainable_tokens_delta" in k}
+
+    def build_dataset(self, processor, rank: int):
+        from model.data import MixtureDataset
+        from model.mixture import uniform_mixture
+
+        cfg = self.cfg
+        mixture = uniform_mixture(cfg.manifests, name="captions", seed=cfg.seed)
+        return MixtureDataset(mixture, FeaturizeCaption(processor), rank=rank, seed=cfg.seed,
+                              resolution=cfg.model_config().resolution)
 
 
 def train_stage1(cfg: TrainConfig) -> RunResult:
     """Run stage 1 for ``cfg.steps`` optimizer steps (continuing from ``cfg.resume``); return a small summary."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from transformers import get_scheduler
-
-    from model.checkpoint import load_checkpoint, load_trainable, resolve_resume, save_checkpoint, save_pipeline
-    from model.data import MixtureDataset, make_dataloader
-    from model.mixture import uniform_mixture
-    from model.smartedit import build_smartedit
-
-    if cfg.stage != 1:
-        raise ValueError(f"train_stage1 got a stage-{cfg.stage} config; use model.train_stage2")
-    if not cfg.manifests:
-        raise ValueError("TrainConfig.manifests is empty: pass the shardindex.json of the caption datasets")
-
-    # ---------------------------------------------------------------- setup
-    run_dir = Path(cfg.output_dir)
-    tb_dir = run_dir / "tensorboard"
-    accelerator = Accelerator(
-        cpu=cfg.cpu,
-        mixed_precision=cfg.resolved_mixed_precision(),
-        gradient_accumulation_steps=cfg.grad_accum,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(tb_dir)),
-    )
-    set_seed(cfg.seed, device_specific=True)  # seed + rank: noise, timesteps and CFG dropout differ per GPU
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save_yaml(run_dir / "config.yaml")
-
-    model = build_smartedit(cfg.model_config())
-    params = model.trainable_parameters(1)
-    resume_dir = resolve_resume(cfg.resume, run_dir)
-    if resume_dir is not None:
-        model.load_trainable_state_dict(load_trainable(resume_dir), strict=False)
-
-    optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
-    # Not accelerate-prepared: a prepared scheduler steps once per process per call; we step once per optimizer step.
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=cfg.steps)
-    processor = model.processor
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    step, next_draw = 0, 0
-    if resume_dir is not None:
-        state = load_checkpoint(resume_dir, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
-        step, next_draw = int(state["step"]), int(state["next_draw"])
-        log.info("resumed from %s at step %d (draw %d)", resume_dir, step, next_draw)
-    start_step = step
-
-    mixture = uniform_mixture(cfg.manifests, name="captions", seed=cfg.seed)
-    dataset = MixtureDataset(mixture, FeaturizeCaption(processor), rank=accelerator.process_index, seed=cfg.seed,
-                             resolution=cfg.model_config().resolution)
-    loader = make_dataloader(dataset, batch_size=cfg.micro_batch_size, start=next_draw, num_workers=cfg.num_workers,
-                             collate_fn=processor.collate)
-    accelerator.init_trackers("stage1", config=cfg.hparams())
-
-    # ---------------------------------------------------------------- loop
-    history: list[dict[str, float]] = []
-    checkpoint: Path | None = resume_dir
-    batches = iter(loader)
-    model.train()
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "lm_loss": 0.0, "align_loss": 0.0}
-        for _ in range(cfg.grad_accum):
-            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-            with accelerator.accumulate(model):
-                out = model(batch)
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key in sums:
-                sums[key] += float(accelerator.reduce(out[key].detach(), reduction="mean")) / cfg.grad_accum
-        scheduler.step()
-        step += 1
-        next_draw += cfg.micro_batch_size * cfg.grad_accum
-        record = {"step": step, **sums, "lr": scheduler.get_last_lr()[0], "step_seconds": time.perf_counter() - t0}
-        history.append(record)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
-            log.info("step %d loss %.4f lm %.4f align %.4f lr %.2e", step, sums["loss"], sums["lm_loss"],
-                     sums["align_loss"], record["lr"])
-
-        # ------------------------------------------------------------ checkpoint
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint = save_checkpoint(
-                run_dir, step, trainable=stage1_state_dict(accelerator.unwrap_model(model)), optimizer=optimizer,
-                scheduler=scheduler, state={"stage": 1, "next_draw": next_draw, "preset": cfg.preset, "losses": sums},
-                accelerator=accelerator, keep_last=cfg.keep_last,
-            )
-
-    # ---------------------------------------------------------------- cleanup
-    pipeline_dir = None
-    if cfg.save_pipeline and accelerator.is_main_process:
-        pipeline_dir = str(save_pipeline(accelerator.unwrap_model(model), run_dir / "pipeline"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    final = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("step", "step_seconds")}
-    return RunResult(str(run_dir), 1, step, start_step, final, history, str(checkpoint) if checkpoint else None,
-                     pipeline_dir, str(tb_dir))
+    return Stage1Recipe(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = train_stage1(parse_cli(argv, stage=1))
-    log.info("stage 1 done: step %d, final %s, checkpoint %s", result.steps, result.final, result.checkpoint)
-    return 0
+    return recipe_main(train_stage1, 1, argv)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import find_manifests, load_manifest
+from pipeline.shards import INDEX_NAME, find_manifests, iter_samples, load_manifest
 
 
 def summarize(index_file: Path) -> dict[str, Any]:
@@ -31,26 +30,17 @@ def summarize(index_file: Path) -> dict[str, Any]:
 
 def first_samples(index_file: Path, n: int) -> list[dict[str, Any]]:
     """Metadata of the first ``n`` samples: key, members with sizes, and the json member."""
-    index = load_manifest(index_file)
     out: list[dict[str, Any]] = []
-    for entry in index["shardlist"]:
-        with tarfile.open(index_file.parent / entry["url"], mode="r:") as tar:
-            current: dict[str, Any] | None = None
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if current is None or current["key"] != key:
-                    if current is not None:
-                        out.append(current)
-                        if len(out) >= n:
-                            return out
-                    current = {"key": key, "shard": entry["url"], "members": {}}
-                current["members"][ext] = member.size
-                if ext == "json":
-                    current["json"] = json.loads(tar.extractfile(member).read())
-            if current is not None:
-                out.append(current)
-                if len(out) >= n:
-                    return out
+    if n <= 0:
+        return out
+    for raw in iter_samples(index_file):
+        members = {k: len(v) for k, v in raw.items() if not k.startswith("__")}
+        item: dict[str, Any] = {"key": raw["__key__"], "shard": Path(raw["__url__"]).name, "members": members}
+        if "json" in raw:
+            item["json"] = json.loads(raw["json"])
+        out.append(item)
+        if len(out) >= n:
+            break
     return out
 
 
@@ -58,7 +48,7 @@ def inspect_path(path: Path | str) -> list[dict[str, Any]]:
     """One summary per dataset found at or below ``path``."""
     manifests = find_manifests(path)
     if not manifests:
-        raise FileNotFoundError(f"{path}: no shardindex.json found at or below it")
+        raise FileNotFoundError(f"{path}: no {INDEX_NAME} found at or below it")
     return [summarize(m) for m in manifests]
 
 

@@ -1,4 +1,6 @@
-"""Dataset manifests: a wids-compatible ``shardindex.json`` plus ``rejects.jsonl``.
+"""Writing dataset manifests: a wids-compatible ``shardindex.json`` plus ``rejects.jsonl``.
+
+Names and reading live in `pipeline.shards` (re-exported here for writers).
 
 The index is what `wids.ShardListDataset` opens (``__kind__``, ``wids_version``, ``shardlist`` of
 ``{url, nsamples, filesize, md5sum}``); readers ignore extra fields, so each shard also carries its
@@ -8,6 +10,7 @@ Counts in = kept + rejected is checked here, at the one place every dataset pass
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -16,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.provenance import Provenance
+from pipeline.shards import INDEX_NAME, REJECTS_NAME, WIDS_KIND, find_manifests, index_path, load_manifest
 from pipeline.writer import ShardStats, atomic_write_text, stats_path
 
-INDEX_NAME = "shardindex.json"
-REJECTS_NAME = "rejects.jsonl"
-WIDS_KIND = "wids-shard-index-v1"
+__all__ = ["INDEX_NAME", "REJECTS_NAME", "WIDS_KIND", "IncompleteDatasetError", "finalize_dataset", "find_manifests",
+           "index_path", "load_manifest"]
 
 
 class IncompleteDatasetError(RuntimeError):
@@ -34,15 +37,25 @@ def finalize_dataset(
     shard_names: Sequence[str],
     provenance: Provenance,
     extra: dict[str, Any] | None = None,
+    fingerprints: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Collect the per-shard stats into ``shardindex.json`` and ``rejects.jsonl``; return the index."""
+    """Collect the per-shard stats into ``shardindex.json`` and ``rejects.jsonl``; return the index.
+
+    fingerprints: shard name → the fingerprint it must have been built with (a shard finished by a run
+    with other settings is an error, never listed under this run's provenance).
+    """
     dataset_dir = Path(dataset_dir)
     stats: list[ShardStats] = []
     for shard in shard_names:
         marker = stats_path(dataset_dir / shard)
         if not marker.exists() or not (dataset_dir / shard).exists():
             raise IncompleteDatasetError(f"{dataset_dir / shard}: shard not finished (no {marker.name}); rerun to complete it")
-        stats.append(ShardStats.load(marker))
+        s = ShardStats.load(marker)
+        if fingerprints is not None and s.fingerprint != fingerprints.get(shard):
+            raise IncompleteDatasetError(f"{dataset_dir / shard}: built with other settings (fingerprint "
+                                         f"{s.fingerprint[:12] or 'none'}, planned {str(fingerprints.get(shard))[:12]}); "
+                                         "rerun with --overwrite")
+        stats.append(s)
 
     reasons: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -59,12 +72,14 @@ def finalize_dataset(
     if n_in != kept + rejected:  # a writer bug, never bad input: fail loudly
         raise AssertionError(f"{dataset_dir}: counts in {n_in} != kept {kept} + rejected {rejected}")
 
+    rejects_text = "".join(line + "\n" for line in lines)
     index = {
         "__kind__": WIDS_KIND,
         "wids_version": 1,
         "name": name,
         "shardlist": [
-            {"url": s.url, "nsamples": s.nsamples, "filesize": s.filesize, "md5sum": s.md5sum, "sha256": s.sha256}
+            {"url": s.url, "nsamples": s.nsamples, "filesize": s.filesize, "md5sum": s.md5sum, "sha256": s.sha256,
+             **({"fingerprint": s.fingerprint} if s.fingerprint else {})}
             for s in stats
         ],
         "provenance": asdict(provenance),
@@ -76,34 +91,10 @@ def finalize_dataset(
             "kinds": dict(sorted(kinds.items())),
             "sources": dict(sorted(sources.items())),
         },
+        "rejects_sha256": hashlib.sha256(rejects_text.encode("utf-8")).hexdigest(),
     }
     if extra:
         index.update(extra)
-    atomic_write_text(dataset_dir / REJECTS_NAME, "".join(line + "\n" for line in lines))
+    atomic_write_text(dataset_dir / REJECTS_NAME, rejects_text)
     atomic_write_text(dataset_dir / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False))
     return index
-
-
-def index_path(path: Path | str) -> Path:
-    """Accept a dataset directory or its ``shardindex.json``."""
-    path = Path(path)
-    return path / INDEX_NAME if path.is_dir() else path
-
-
-def load_manifest(path: Path | str) -> dict[str, Any]:
-    """Read a dataset's index; a clear error when it is missing or not ours."""
-    path = index_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no {INDEX_NAME}; is this a dataset directory written by smartedit?")
-    index = json.loads(path.read_text())
-    if index.get("__kind__") != WIDS_KIND:
-        raise ValueError(f"{path}: field '__kind__' is {index.get('__kind__')!r}, expected {WIDS_KIND!r}")
-    return index
-
-
-def find_manifests(root: Path | str) -> list[Path]:
-    """Every ``shardindex.json`` at or below ``root``, sorted."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    return sorted(root.rglob(INDEX_NAME))

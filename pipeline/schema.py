@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from data_specs import SPECS_DIR  # noqa: F401  (re-exported for modules that read other specs)
 from pipeline.records import Sample
-
-SPECS_DIR = Path(__file__).resolve().parents[1] / "data_specs"
+from pipeline.shards import SCHEMAS_FILE, schema_doc
 _TYPES: dict[str, Any] = {
     "str": str,
     "bool": bool,
@@ -85,9 +84,11 @@ def _field_spec(spec: Any) -> tuple[Any, Any]:
 
 
 @functools.cache
-def load_schemas(path: Path = SPECS_DIR / "schemas.yaml") -> dict[str, KindSchema]:
+def load_schemas(path: Path = SCHEMAS_FILE) -> dict[str, KindSchema]:
     """Parse data_specs/schemas.yaml into one `KindSchema` per kind."""
-    doc = yaml.safe_load(path.read_text())
+    import yaml
+
+    doc = schema_doc() if path == SCHEMAS_FILE else yaml.safe_load(path.read_text())
     common = {name: _field_spec(spec) for name, spec in doc["common_fields"].items()}
     exts = tuple(doc["image_extensions"])
     schemas = {}

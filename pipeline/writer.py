@@ -1,10 +1,12 @@
 """Atomic, byte-reproducible webdataset shard writing.
 
 Writers that go straight to the final file name (``webdataset.ShardWriter``) leave a truncated shard
-after a crash, which readers then trust. Here members go to ``NAME.tar.tmp`` (with a fixed mtime, owner and
-mode, members sorted by extension, so equal input gives equal bytes), the file is fsync'ed and
-renamed, and only then is ``NAME.stats.json`` written. That stats file is the completion marker: a
-rerun skips every shard that has one and rewrites every shard that does not.
+after a crash, which readers then trust. Here members go to a temporary ``NAME.tar.<pid>-<random>.tmp``
+(unique, so two processes never share one), with a fixed mtime, owner and mode and members sorted by
+extension, so equal input gives equal bytes; the file is fsync'ed and renamed, and only then is
+``NAME.stats.json`` written. That stats file is the completion marker and records the shard's
+fingerprint (what shaped its bytes): a rerun skips a shard whose marker has the same fingerprint and
+rewrites every other one (pipeline/convert.py decides, under the dataset lock, whether it may).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import tarfile
 import threading
 from collections import Counter
@@ -48,6 +51,8 @@ class ShardStats:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     rejects: list[dict[str, str]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific counters (e.g. per-stage yields)
+    fingerprint: str = ""  # sha256 of `build`: everything that shaped this shard's bytes
+    build: dict[str, Any] = field(default_factory=dict)  # source spec and options, record range, code hash
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
@@ -56,6 +61,24 @@ class ShardStats:
 
 def stats_path(shard_path: Path) -> Path:
     return shard_path.with_name(shard_path.name.removesuffix(".tar") + STATS_SUFFIX)
+
+
+def temporary_path(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread can pick (pid + random token)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete ``*.tmp`` files left by killed runs (call only with the directory's lock held)."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    for tmp in directory.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp.name)
+    if removed:
+        log.info("%s: removed %d temporary file(s) of an interrupted run", directory, len(removed))
+    return removed
 
 
 class _HashingFile:
@@ -103,7 +126,10 @@ class _HashingFile:
 
     def abandon(self) -> None:
         self._join()
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # closing flushes the buffer, which fails again on a full disk; the file is deleted anyway
+            pass
 
 
 class _TarStream:
@@ -165,10 +191,13 @@ def write_shard(
     *,
     validate: bool = True,
     extra: dict[str, Any] | None = None,
+    fingerprint: str = "",
+    build: dict[str, Any] | None = None,
 ) -> ShardStats:
     """Write the samples of ``items`` to the shard ``path`` atomically; quarantine the rejects.
 
-    Skips the work and returns the recorded stats when the shard's completion marker exists. A sample
+    Skips the work and returns the recorded stats when the shard's completion marker exists and records
+    ``fingerprint`` (the hash of ``build``, what shapes the bytes); otherwise writes the shard. A sample
     that fails schema validation becomes a reject (reason ``schema``), as does a repeated key
     (``duplicate_key``). Exceptions raised by ``items`` itself propagate: the shard is then left
     unfinished (only its ``.tar.tmp``) and a rerun writes it again.
@@ -176,10 +205,14 @@ def write_shard(
     path = Path(path)
     marker = stats_path(path)
     if marker.exists() and path.exists():
-        log.info("shard %s is complete, skipping", path.name)
-        return ShardStats.load(marker)
+        stats = ShardStats.load(marker)
+        if stats.fingerprint == fingerprint:
+            log.info("shard %s is complete, skipping", path.name)
+            return stats
+        log.info("shard %s was built with other settings; rewriting it", path.name)
+    marker.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     sink = _HashingFile(tmp)
     kinds: Counter[str] = Counter()
     sources: Counter[str] = Counter()
@@ -205,6 +238,7 @@ def write_shard(
         sink.close_synced()
     except BaseException:
         sink.abandon()
+        tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -221,6 +255,8 @@ def write_shard(
         rejected_by_reason=dict(sorted(reasons.items())),
         rejects=rejects,
         extra=extra or {},
+        fingerprint=fingerprint,
+        build=build or {},
     )
     atomic_write_text(marker, json.dumps(asdict(stats), indent=1, sort_keys=True))
     log.info("wrote %s: %d samples, %d rejected", path.name, stats.nsamples, stats.n_rejected)
@@ -241,9 +277,13 @@ def _admit(sample: Sample, seen: set[str], validate: bool) -> Sample | Reject:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a fsync'ed temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-SOURCE_CHOICES = (
-    "cocostuff", "refcoco", "refcoco+", "refcocog", "grefcoco", "reasonseg", "llava-instruct", "instructpix2pix", "magicbrush",
-)
+from pipeline.vocabulary import SOURCES as SOURCE_CHOICES
 
 
 def reader_options(args: argparse.Namespace) -> dict:
@@ -21,6 +19,8 @@ def reader_options(args: argparse.Namespace) -> dict:
     options: dict = {}
     if args.max_pixels is not None:
         options["max_pixels"] = args.max_pixels
+    if getattr(args, "max_bytes", None) is not None:
+        options["max_bytes"] = args.max_bytes
     if args.images is not None:
         if args.source in ("reasonseg", "instructpix2pix", "magicbrush"):
             raise ValueError(f"--images does not apply to {args.source}: its images live under --root")
@@ -50,11 +50,17 @@ def _convert(args: argparse.Namespace) -> int:
             bar = bars[split] = tqdm(total=total, desc=f"{args.source}/{split}", unit="shard", file=sys.stderr)
         bar.update(done - bar.n)
 
+    from pipeline.locking import DatasetLockedError
+
     try:
         manifests = convert_source(
             args.source, args.root, args.out, splits=[args.split] if args.split else None,
-            shard_size=args.shard_size, workers=args.workers, progress=progress, **options,
+            shard_size=args.shard_size, workers=args.workers, overwrite=getattr(args, "overwrite", False),
+            progress=progress, **options,
         )
+    except DatasetLockedError as err:  # one line, like every other refusal (ValueErrors reach main's handler)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         for bar in bars.values():
             bar.close()
@@ -76,6 +82,10 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="reject images with more pixels than this (default 89478485, PIL's bomb limit)")
+    p.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                   help="reject files larger than this many bytes before reading them (default 268435456)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild shards made with other settings and remove stale ones (default: refuse)")
     p.add_argument("--images", default=None, help="image directory for cocostuff (holding <split>/), refer datasets and llava-instruct")
     p.add_argument("--split-by", default=None, help="refer split scheme: unc, google (refcoco), umd, google (refcocog)")
     p.add_argument("--lisa-dash-remap", action="store_true", help="cocostuff: map every class whose name contains '-' to 255, as LISA does")

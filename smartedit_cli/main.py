@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from smartedit_cli import convert, edit, evaluate, samples, synthetic, train
+from smartedit_cli import checkpoints, convert, edit, evaluate, samples, synthetic, train
 
-COMMANDS = (samples, convert, synthetic, train, edit, evaluate)
+COMMANDS = (samples, convert, synthetic, train, edit, evaluate, checkpoints)
 
 
 def _shards_inspect(args: argparse.Namespace) -> int:

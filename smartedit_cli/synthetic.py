@@ -35,7 +35,8 @@ def _build(args: argparse.Namespace) -> int:
 
     overrides = given_overrides(args, args.config_options)
     cfg = SyntheticConfig.preset(args.preset, **overrides) if args.preset else SyntheticConfig(**overrides)
-    inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes)
+    inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes,
+                         stuff=args.stuff)
     result = build(cfg, inputs, args.out, progress=lambda done, total: print(f"shard {done}/{total}", file=sys.stderr))
     print(json.dumps({k: v for k, v in result.items() if k != "yields"}, indent=1))
     return 0
@@ -69,6 +70,8 @@ def register(subparsers) -> None:
                    help="only this split (repeatable): a COCO split (train2017) or, for shards, the refs' split (train)")
     p.add_argument("--scenes", help="ground-truth scenes.json with per-image mirror regions (default: the "
                                     "sample-data directory's; shards have none)")
+    p.add_argument("--stuff", help="COCO-Stuff root (stuffthingmaps_trainval2017/, labels.txt): mirror-stuff regions "
+                                   "are mirrors")
     p.add_argument("--out", required=True, help="output dataset directory (rerun to resume)")
     p.add_argument("--preset", choices=["tiny", "sd15"], help="start from a named SyntheticConfig preset")
     config = p.add_argument_group("build config (SyntheticConfig fields; default: the preset's or the class's)")
@@ -76,3 +79,23 @@ def register(subparsers) -> None:
         config, SyntheticConfig, types_={"scenarios": _scenarios},
         # the spellings this command had before its options came from SyntheticConfig
         aliases={"eval_sets": ["--eval-set"], "inpaint_steps": ["--steps"], "inpaint_resolution": ["--resolution"]}))
+    from pipeline.synthetic.calibrate import register as register_calibrate
+
+    synthetic = register_calibrate(subparsers)  # `smartedit synthetic calibrate`
+    p = synthetic.add_parser("label", help="a labelling page (the Ins-align judging page) for kept pairs and negatives")
+    p.add_argument("dataset", help="the build-synthetic output directory")
+    p.add_argument("-o", "--output", required=True, help="HTML page to write (images go beside it)")
+    p.add_argument("-n", type=int, help="at most this many pairs from each of kept and negatives")
+    p.set_defaults(func=_label)
+
+
+def _label(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from model.evaluation.judging import JudgingEntry, write_judging_page
+    from pipeline.synthetic.calibrate import labelling_entries
+
+    out = Path(args.output)
+    entries = [JudgingEntry(**e) for e in labelling_entries(args.dataset, out.parent / (out.stem + "_images"), args.n)]
+    print(write_judging_page(entries, out, page_id=Path(args.dataset).name, title="Synthetic pairs: good or bad?"))
+    return 0

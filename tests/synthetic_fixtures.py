@@ -103,3 +103,12 @@ def make_scenes(root: Path, scenes=SCENES) -> Path:
                                                                 "categories": categories}))
     (root / "scenes.json").write_text(json.dumps(gt))
     return root
+
+
+def make_eval_set(root: Path) -> Path:
+    """A Reason-Edit-style evaluation folder (``1-Left-Right/001.png``) of an image unlike the scenes."""
+    folder = root / "1-Left-Right"
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64]
+    Image.fromarray(np.stack([(xx * 4) % 256, (yy * 4) % 256, ((xx ^ yy) * 4) % 256], -1).astype(np.uint8)).save(folder / "001.png")
+    return root

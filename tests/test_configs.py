@@ -189,7 +189,7 @@ def test_every_train_config_field_is_reachable_from_the_train_flow(tmp_path):
     base = get_train_preset(2, "tiny")
     special = {"model": {"seed": 2}, "betas": (0.8, 0.9), "mixed_precision": "no", "lr_scheduler": "linear",
                "gradient_checkpointing": True, "max_grad_norm": 0.5, "keep_last": 7, "init_from": "ckpt/step-1",
-               "resume": None}
+               "resume": None, "warmup_ratio": 0.25}
     changed = {}
     for name in sorted(fields - named - {"preset", "stage", "manifests"}):
         value = getattr(base, name)

@@ -25,9 +25,8 @@ FORBIDDEN = {
 SAMPLES = "pipeline.samples"
 # Modules whose job is the sample data itself: the generator's own package, its command, and the demo chain.
 SAMPLE_USERS = ("pipeline.samples", "smartedit_cli.samples", "flows.demo")
-# Temporary: shard_scenes reads the COCO category table from the generator until the vocabulary module lands
-# (issue 9 part 2, another change); the lead removes this allow-list at merge.
-ALLOWED = {("pipeline.synthetic.shard_scenes", "pipeline.samples.categories")}
+# No exceptions: shard_scenes reads the COCO category table from pipeline/vocabulary.py (issue 9 part 2).
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def _allowed(module: str, name: str) -> bool:

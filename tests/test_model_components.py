@@ -166,13 +166,13 @@ def test_encode_instruction_shapes_and_patch_features(tiny_model):
     assert out["patch_features"].shape == (2, 16, 32)
     assert out["lm_loss"].ndim == 0 and out["lm_loss"] > 0
     # Patch features are the vision tower's layer -2 without CLS (one tower pass feeds both consumers).
-    from model.llava import SmartEditLLaVA
+    from model.llava import base_llava, merged_state_dict
 
-    tower = SmartEditLLaVA.inner(tiny_model.llava).model.vision_tower
+    tower = base_llava(tiny_model.llava).model.vision_tower
     ref = tower(batch["clip_pixels"], output_hidden_states=True).hidden_states[-2][:, 1:]
     assert torch.allclose(out["patch_features"], ref)
     # The [IMG] hidden state is the post-norm last layer: equal to transformers' own LlavaModel output.
-    inner = SmartEditLLaVA.inner(tiny_model.llava)
+    inner = base_llava(tiny_model.llava)
     full = inner.model(input_ids=batch["input_ids"], pixel_values=batch["clip_pixels"],
                        attention_mask=batch["attention_mask"]).last_hidden_state
     ref_img = full[batch["img_token_mask"]].view(2, 32, -1)
@@ -181,11 +181,11 @@ def test_encode_instruction_shapes_and_patch_features(tiny_model):
 
 def test_lm_loss_matches_transformers_loss(tiny_model):
     batch = tiny_model.processor([_image(3)], ["turn it blue"])
-    from model.llava import SmartEditLLaVA
+    from model.llava import base_llava, merged_state_dict
 
     ours = tiny_model.encode_instruction(batch["clip_pixels"], batch["input_ids"], batch["attention_mask"],
                                          labels=batch["labels"])["lm_loss"]
-    ref = SmartEditLLaVA.inner(tiny_model.llava)(input_ids=batch["input_ids"], pixel_values=batch["clip_pixels"],
+    ref = base_llava(tiny_model.llava)(input_ids=batch["input_ids"], pixel_values=batch["clip_pixels"],
                                                   attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     assert torch.allclose(ours, ref, atol=1e-5)
 

@@ -25,7 +25,7 @@ def _perturbed_model(seed: int = 0):
     model = build_smartedit(tiny_config())
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.trainable_parameters(2).values():
+        for p in model.trainable_parameters().values():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return model.eval().requires_grad_(False)
 
@@ -46,7 +46,7 @@ def test_unet_path_equals_diffusers_instruct_pix2pix(pipe):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from model.pipeline import default_scheduler
-    from model.processor import pil_to_unit_range
+    from model.processor import pil_to_signed_unit_range
 
     m = pipe.model
     tok = m.processor.text_tokenizer
@@ -54,7 +54,7 @@ def test_unet_path_equals_diffusers_instruct_pix2pix(pipe):
     prompt_embeds = m.clip_text_embeds(ids["input_ids"])
     # The same contiguous [-1, 1] tensor goes to both: diffusers' PIL path keeps a channels-last layout, which
     # picks another conv kernel (a 1e-6 difference that the random tiny UNet's large latents would amplify).
-    image = pil_to_unit_range(_image(2), 128)[None].contiguous()  # 16×16 latents through the ×8 VAE
+    image = pil_to_signed_unit_range(_image(2), 128)[None].contiguous()  # 16×16 latents through the ×8 VAE
     reference = StableDiffusionInstructPix2PixPipeline(
         vae=m.vae, text_encoder=m.text_encoder, tokenizer=tok, unet=m.unet, scheduler=default_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -108,9 +108,9 @@ def test_save_pretrained_from_pretrained_same_output(pipe, tmp_path):
     assert not hasattr(loaded.model.llava, "peft_config")  # LoRA merged: a plain transformers model
     assert loaded.model.text_encoder is None  # the null condition comes from the saved tensor
     # Same merged weights as the live (peft) model, key for key.
-    from model.llava import SmartEditLLaVA
+    from model.llava import base_llava, merged_state_dict
 
-    merged = SmartEditLLaVA.merged_state_dict(pipe.model.llava)
+    merged = merged_state_dict(pipe.model.llava)
     reloaded = loaded.model.llava.state_dict()
     assert set(merged) == set(reloaded)
     assert max((merged[k] - reloaded[k]).abs().max() for k in merged) < 1e-6

@@ -46,15 +46,18 @@ def test_trainable_parameters_per_stage_match_independent_count(model):
     bim = _numel(model.bim.parameters())
     unet = _numel(model.unet.parameters())
 
-    stage1 = model.trainable_parameters(1)
+    model.set_trainable(1)
+    stage1 = model.trainable_parameters()
     assert _numel(stage1.values()) == rows + qformer
     assert {p for p in model.parameters() if p.requires_grad} == set(stage1.values())
 
-    no_bim = model.trainable_parameters(2, train_bim=False)
+    model.set_trainable(2, train_bim=False)
+    no_bim = model.trainable_parameters()
     assert _numel(no_bim.values()) == rows + qformer + lora + unet
     assert not any(p.requires_grad for p in model.bim.parameters())
 
-    stage2 = model.trainable_parameters(2)
+    model.set_trainable(2)
+    stage2 = model.trainable_parameters()
     assert _numel(stage2.values()) == rows + qformer + lora + bim + unet
     assert {p for p in model.parameters() if p.requires_grad} == set(stage2.values())
     frozen = [model.vae, model.text_encoder, inner.model.vision_tower, inner.model.multi_modal_projector]
@@ -136,7 +139,7 @@ def test_loss_decreases_on_fixed_batch(batch):
     from model.smartedit import build_smartedit
 
     model = build_smartedit(tiny_config()).train()
-    params = list(model.trainable_parameters(2).values())
+    params = list(model.trainable_parameters().values())
     opt = torch.optim.AdamW(params, lr=1e-3)
     losses = []
     for _ in range(4):
@@ -160,7 +163,7 @@ def test_trainable_state_dict_safetensors_roundtrip(tmp_path, batch):
 
     trained = build_smartedit(tiny_config())
     with torch.no_grad():  # stand-in for training: move every trainable tensor
-        for p in trained.trainable_parameters(2).values():
+        for p in trained.trainable_parameters().values():
             p.add_(torch.randn_like(p) * 0.02)
     sd = trained.trainable_state_dict()
     assert any("lora_A" in k for k in sd) and any("trainable_tokens_delta" in k for k in sd)
@@ -180,3 +183,30 @@ def test_trainable_state_dict_safetensors_roundtrip(tmp_path, batch):
     assert torch.allclose(a["diffusion_loss"], after["diffusion_loss"], atol=1e-6)
     with pytest.raises(KeyError, match="missing"):
         fresh.load_trainable_state_dict({k: v for k, v in sd.items() if not k.startswith("bim.")})
+
+
+def test_listing_trainable_parameters_changes_nothing(model):
+    model.set_trainable(1)
+    before = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(model.trainable_parameters()) == before
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == before  # no side effect
+    assert not any(n.startswith(("bim.", "unet.")) for n in before)
+    model.set_trainable(2)
+
+
+def test_non_strict_load_reports_missing_and_unexpected_keys_and_loads_the_rest():
+    from model.smartedit import build_smartedit
+
+    a, b = build_smartedit(tiny_config(seed=1)), build_smartedit(tiny_config(seed=2))
+    sd = a.trainable_state_dict()
+    partial = {k: v for k, v in sd.items() if k.startswith("qformer.")}
+    partial["qformer.no_such_tensor"] = torch.zeros(1)
+    with pytest.raises(KeyError, match=r"unexpected \['qformer.no_such_tensor'\]"):
+        b.load_trainable_state_dict(partial)  # strict: nothing loaded
+    assert not torch.equal(b.qformer.queries, a.qformer.queries)
+    keys = b.load_trainable_state_dict(partial, strict=False)
+    assert keys.unexpected == ["qformer.no_such_tensor"]
+    assert set(keys.missing) == set(sd) - set(partial) and any(k.startswith("bim.") for k in keys.missing)
+    after = b.trainable_state_dict()
+    assert all(torch.equal(after[k], sd[k]) for k in partial if k in sd)  # the shared keys were loaded
+    assert not torch.equal(after["unet.conv_in.weight"], sd["unet.conv_in.weight"])  # the others kept theirs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from synthetic_fixtures import make_scenes
+from synthetic_fixtures import make_eval_set, make_scenes
 
 
 def test_flow_builds_resumes_and_publishes(prefect_harness, tmp_path):
@@ -16,7 +16,8 @@ def test_flow_builds_resumes_and_publishes(prefect_harness, tmp_path):
     scenes = make_scenes(tmp_path / "scenes")
     out = tmp_path / "out"
     params = dict(input=str(scenes), output=str(out),
-                  config={"scenarios": {"left_right": 2, "reasoning": 2, "mirror": 1}, "shard_size": 2, "seed": 0})
+                  config={"scenarios": {"left_right": 2, "reasoning": 2, "mirror": 1}, "shard_size": 2, "seed": 0,
+                          "eval_sets": [str(make_eval_set(tmp_path / "eval"))]})
     result = build_synthetic(**params)
     assert result["kept"] >= 3 and result["shards"] >= 2
     index = json.loads(Path(result["manifest"]).read_text())

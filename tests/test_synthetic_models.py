@@ -106,6 +106,25 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def owl_dir(tmp_path_factory) -> Path:
+    """A tiny random OWLv2 (transformers) saved like google/owlv2-base-patch16-ensemble."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(0)
+    text = clip_text_config().to_dict() | {"max_position_embeddings": 16}
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    tokenizer = clip_tokenizer()
+    tokenizer.model_max_length = 16
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    path = tmp_path_factory.mktemp("owlv2")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory) -> Path:
     from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -145,7 +164,7 @@ def test_tiny_sam_loads_by_path_and_segments(sam_checkpoint, scenes, tmp_path):
     with pytest.raises(FileNotFoundError, match="sam_checkpoint"):
         load_sam("vit_h", tmp_path / "missing.pth")
 
-    cfg = SyntheticConfig(scenarios=FEW, sam_checkpoint=str(sam_checkpoint), sam_arch=TINY_SAM, sam_min_iou=0.0,
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, sam_checkpoint=str(sam_checkpoint), sam_arch=TINY_SAM, sam_min_iou=0.0,
                           mask_min_area=0.0, min_edit_strength=0.0)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "sam")
     samples = _samples(tmp_path / "sam")
@@ -156,13 +175,28 @@ def test_tiny_sam_loads_by_path_and_segments(sam_checkpoint, scenes, tmp_path):
         src, tgt, mask = _decode(files["src.png"]), _decode(files["tgt.png"]), _decode(files["mask.png"]) > 127
         assert np.array_equal(src[~mask], tgt[~mask])
 
+    # all boxes of an image in one decoder call give what one call per box gives
+    from pipeline.synthetic.masks import SamMasker
+    from pipeline.synthetic.scene import load_index, read_rgb, resolve_inputs
+
+    (split,), _ = resolve_inputs(scenes)
+    index = load_index(str(split.annotations), str(split.images), split.split, ("mirror",), None)
+    image = next(im for im in index.images.values() if im["file_name"] == "three_cats.png")
+    anns = index.anns[image["id"]]
+    rgb = read_rgb(split.images / image["file_name"])
+    masker = SamMasker(sam, "tiny")
+    many = masker.segment_many("a", rgb, [a["bbox"] for a in anns], [index.mask(a) for a in anns])
+    single = [SamMasker(sam, "tiny").segment("b", rgb, a["bbox"], index.mask(a)) for a in anns]
+    for (m1, iou1), (m2, iou2) in zip(many, single):
+        assert np.array_equal(m1, m2) and iou1 == pytest.approx(iou2)
+
     strict = cfg.model_copy(update={"sam_min_iou": 0.999})
     build(strict, BuildInputs(input=str(scenes)), tmp_path / "strict")
     assert "sam_low_iou" in _reasons(tmp_path / "strict")
 
 
 def test_inpainting_pipeline_from_directory(inpaint_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, operations=["replace", "remove"], inpaint_dir=str(inpaint_dir),
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, operations=["replace", "remove"], inpaint_dir=str(inpaint_dir),
                           inpaint_resolution=32, inpaint_steps=2, batch_size=2, min_edit_strength=0.0)
     result = build(cfg, BuildInputs(input=str(scenes)), tmp_path / "a")
     samples = _samples(tmp_path / "a")
@@ -183,18 +217,74 @@ def test_inpainting_pipeline_from_directory(inpaint_dir, scenes, tmp_path):
 
 
 def test_clip_direction_filter(clip_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, clip_dir=str(clip_dir), clip_direction_min=-1.0)
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, clip_dir=str(clip_dir), clip_direction_min=-1.0, clip_crop_min=0.0)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "lenient")
     samples = _samples(tmp_path / "lenient")
     assert samples
     for _, meta, _ in samples:
         assert -1.0 <= meta["scores"]["clip_direction"] <= 1.0 and meta["models"]["clip"] == str(clip_dir)
+        if meta["operation"] != "remove":
+            assert 0.0 <= meta["scores"]["clip_crop"] <= 100.0
+    build(cfg.model_copy(update={"clip_crop_min": 100.01}), BuildInputs(input=str(scenes)), tmp_path / "crop")
+    assert "clip_crop_low" in _reasons(tmp_path / "crop")
     build(cfg.model_copy(update={"clip_direction_min": 1.01}), BuildInputs(input=str(scenes)), tmp_path / "strict")
     assert "clip_direction_low" in _reasons(tmp_path / "strict") and not _samples(tmp_path / "strict")
 
 
+def test_clip_crop_and_direction_scores_match_a_direct_computation(clip_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from pipeline.synthetic.clip_direction import ClipDirection, mask_box_crop
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[5:20, 10:30] = True
+    assert mask_box_crop(image, mask).shape == (15, 20, 3)
+    assert mask_box_crop(image, mask, official=True).shape == (14, 19, 3)  # the official script's off-by-one
+    scorer = ClipDirection(clip_dir)
+    model, proc = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    with torch.no_grad():
+        img = model.get_image_features(**proc(images=[image[5:20, 10:30].copy()], return_tensors="pt")).pooler_output
+        tok = proc(text=["a red dog"], return_tensors="pt", padding=True)
+        txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output
+    cos = float(torch.nn.functional.cosine_similarity(img, txt)[0])
+    (crop,) = scorer.crop_scores([image], [mask], ["a red dog"])
+    assert crop == pytest.approx(100 * max(cos, 0.0), abs=1e-3)
+    batched = scorer.direction_scores([image, other], [other, image], ["a", "b"], ["c", "d"])
+    assert batched == pytest.approx([scorer.score(image, other, "a", "c"), scorer.score(other, image, "b", "d")], abs=1e-5)
+
+
+def test_open_vocabulary_detector_scores_a_region(owl_dir):
+    from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+    from pipeline.synthetic.detector import OpenVocabDetector
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    detector = OpenVocabDetector(owl_dir)
+    scores = detector.region_scores(image, (0, 0, 30, 40), ["dog", "a cat"])
+    # independently: the model's own outputs, boxes centred in the left half (OWLv2 pads to 60 x 60)
+    model, proc = Owlv2ForObjectDetection.from_pretrained(owl_dir).eval(), Owlv2Processor.from_pretrained(owl_dir)
+    with torch.no_grad():
+        out = model(**proc(text=[["dog", "a cat"]], images=[image], return_tensors="pt", padding=True))
+    probs, cx, cy = torch.sigmoid(out.logits[0]), out.pred_boxes[0, :, 0] * 60, out.pred_boxes[0, :, 1] * 60
+    inside = (cx <= 30) & (cy <= 40)
+    expect = [float(probs[inside, i].max()) if inside.any() else 0.0 for i in range(2)]
+    assert [scores["dog"], scores["a cat"]] == pytest.approx(expect, abs=1e-5)
+
+
+def test_detector_verifies_removals(owl_dir, scenes, tmp_path):
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, operations=["remove"], detector_dir=str(owl_dir), detector_threshold=0.0)
+    build(cfg, BuildInputs(input=str(scenes)), tmp_path / "strict")  # every score ≥ 0: the object is "still there"
+    assert "still_detected" in _reasons(tmp_path / "strict") and not _samples(tmp_path / "strict")
+    build(cfg.model_copy(update={"detector_threshold": 1.01}), BuildInputs(input=str(scenes)), tmp_path / "lenient")
+    samples = _samples(tmp_path / "lenient")
+    assert samples and all(0.0 <= m["scores"]["detector_old"] <= 1.0 for _, m, _ in samples)
+
+
 def test_llm_paraphraser_runs_and_keeps_templates(llm_dir, scenes, tmp_path):
-    cfg = SyntheticConfig(scenarios=FEW, llm_dir=str(llm_dir), llm_max_new_tokens=12, n_instructions=3)
+    cfg = SyntheticConfig(scenarios=FEW, leakage_guard=False, llm_dir=str(llm_dir), llm_max_new_tokens=12, n_instructions=3)
     build(cfg, BuildInputs(input=str(scenes)), tmp_path / "llm")
     samples = _samples(tmp_path / "llm")
     assert samples
@@ -202,22 +292,3 @@ def test_llm_paraphraser_runs_and_keeps_templates(llm_dir, scenes, tmp_path):
         assert meta["models"]["llm"] == str(llm_dir)
         templates = [i for i in meta["instructions"] if i not in meta["llm_paraphrases"]]
         assert len(templates) == 3  # garbage from a random LM never replaces the templates
-
-
-def test_paraphrase_validation():
-    from pipeline.synthetic.instructions import EditJob, load_templates
-    from pipeline.synthetic.paraphrase import valid_paraphrase
-
-    t = load_templates()
-    job = EditJob(key="k", split="s", image_id=1, file_name="f", image_path="p", annotations="a", width=8, height=8,
-                  scenario="left_right", selector={}, target={"ann_id": 1}, operation="replace", referent="the left dog",
-                  instructions=["Replace the left dog with a white fox"], target_description="a white fox",
-                  prompt="", source_caption="", target_caption="", seed=0, new_object="fox", new_colour="white")
-    assert valid_paraphrase(" Swap the dog on the left for a white fox.\nmore", job, t) == "Swap the dog on the left for a white fox."
-    assert valid_paraphrase("", job, t) is None
-    assert valid_paraphrase("Swap the dog on the left for a fox", job, t) is None  # lost the colour
-    assert valid_paraphrase("replace the left dog with a white fox", job, t) is None  # a copy
-    assert valid_paraphrase("ĠxĠ@@ white fox ###", job, t) is None  # garbled
-    job.operation, job.new_object, job.new_colour = "remove", None, None
-    assert valid_paraphrase("Take away the dog on the left", job, t) == "Take away the dog on the left"
-    assert valid_paraphrase("Make the dog on the left happy", job, t) is None

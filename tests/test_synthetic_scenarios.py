@@ -11,7 +11,7 @@ from pipeline.synthetic.colour_naming import load_colour_table
 from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 from pipeline.synthetic.instructions import load_templates
 from pipeline.synthetic.knowledge import load_knowledge
-from pipeline.synthetic.scene import analyse_scenes, load_index, resolve_inputs
+from pipeline.synthetic.scene import SceneAnalysis, load_index, resolve_inputs
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def truth(samples):
 
 @pytest.fixture(scope="module")
 def plan(samples, tmp_path_factory):
-    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS})
+    cfg = SyntheticConfig(scenarios={s: 1000 for s in SCENARIOS}, eval_sets=[str(samples.reason_edit)])
     return plan_build(cfg, BuildInputs(input=str(samples.root)), tmp_path_factory.mktemp("plan"))
 
 
@@ -50,7 +50,7 @@ def test_scene_analysis_matches_ground_truth(samples, truth):
     for split in splits:
         index = load_index(str(split.annotations), str(split.images), split.split, ("mirror",), str(scenes_json))
         indexes = {str(split.annotations): index}
-        for scene in analyse_scenes(index.records(), indexes, load_colour_table(), 0.5):
+        for scene in SceneAnalysis(indexes, load_colour_table(), 0.5)(index.records()):
             gt = {o["ann_id"]: o for o in truth[scene.record.file_name]["objects"]}
             assert len(scene.mirrors) == len(truth[scene.record.file_name]["mirrors"])
             for obj in scene.objects:
@@ -131,6 +131,57 @@ def test_reasoning_uses_knowledge_of_a_unique_category(plan, truth):
         assert len(_gt_objects(truth, job, reflections=True)) == 1
         assert job["referent"] in knowledge.descriptions(category)
         assert category not in job["instructions"][0].split()
+        # no other object in the scene may be of a category the description could also mean
+        others = {o["category"] for o in truth[job["file_name"]]["objects"]} - {category}
+        assert not others & knowledge.fits(category), (category, others)
+
+
+def test_richer_referring_expressions_still_fit_only_the_target(plan, truth):
+    import re
+
+    seen = set()
+    for job in [e["job"] for e in plan["entries"] if "job" in e]:
+        if job["target"]["in_mirror"]:
+            continue
+        objs = [o for o in truth[job["file_name"]]["objects"] if not o["in_mirror"]]
+        same = [o for o in objs if o["category"] == job["target"]["category"]]
+        me = next(o for o in objs if o["ann_id"] == job["target"]["ann_id"])
+        for text in job["instructions"]:
+            low = text.lower()
+            if "leftmost" in low or "rightmost" in low:
+                seen.add("most")
+                xs = sorted(same, key=lambda o: o["centroid"][0])
+                assert len(same) >= 3 and me is (xs[0] if "leftmost" in low else xs[-1])
+            m = re.search(r"(next to|beside|above|below) the ([a-z ]+?)(?: with| to| from| \.|$|\.)", low)
+            if m and job["scenario"] != "reasoning":
+                seen.add("relation")
+                anchor = [o for o in objs if o["category"] == m.group(2)]
+                assert len(anchor) == 1, (text, m.group(2))
+                a = anchor[0]
+                dist = lambda o: ((o["centroid"][0] - a["centroid"][0]) ** 2 + (o["centroid"][1] - a["centroid"][1]) ** 2) ** 0.5
+                if m.group(1) in ("next to", "beside"):
+                    assert all(dist(o) >= 1.5 * dist(me) for o in same if o is not me), text
+                else:
+                    x, y, w, h = a["bbox"]
+                    above = [o for o in same if x <= o["centroid"][0] <= x + w
+                             and (o["bbox"][1] + o["bbox"][3] <= y if m.group(1) == "above" else o["bbox"][1] >= y + h)]
+                    assert above == [me], text
+            if me["colour"] and f"{me['colour']} {me['category']} on the" in low:
+                seen.add("colour+position")
+    assert seen >= {"most", "colour+position"}, seen  # relations: the sample scenes have no anchor (unit test)
+
+
+def test_reasoning_pairs_also_ask_reason_edit_style_questions(plan):
+    knowledge = load_knowledge()
+    asked = 0
+    for job in _jobs(plan, "reasoning"):
+        questions = [i for i in job["instructions"] if "?" in i]
+        for text in questions:
+            question, _, action = text.partition("? ")
+            assert question + "?" in knowledge.questions[job["target"]["category"]]
+            assert " it" in f" {action}" and job["target"]["category"] not in action
+        asked += bool(questions)
+    assert asked >= 1
 
 
 def test_instructions_are_distinct_paraphrases_with_the_edit_content(plan):
@@ -168,3 +219,17 @@ def test_colour_table_names_the_sample_palette():
 
     for name, rgb in COLOURS.items():
         assert table.name_pixels(np.array([rgb] * 4, dtype=np.uint8)) == (name, 1.0)
+
+
+def test_mirrors_from_coco_stuff_mirror_stuff_regions(samples, truth, tmp_path):
+    """Real COCO has no mirror annotations: with COCO-Stuff maps, mirror-stuff regions are the mirrors."""
+    annotations = samples.root / "coco" / "annotations" / "instances_train2017.json"  # a file: no scenes.json
+    cfg = SyntheticConfig(scenarios={"mirror": 10, "reasoning": 1}, leakage_guard=False)
+    plan = plan_build(cfg, BuildInputs(input=str(annotations), stuff=str(samples.cocostuff)), tmp_path / "stuff")
+    jobs = _jobs(plan, "mirror")
+    assert jobs and "COCO-Stuff mirror-stuff" in plan["mirror_sources"]
+    for job in jobs:
+        target = next(o for o in truth[job["file_name"]]["objects"] if o["ann_id"] == job["target"]["ann_id"])
+        assert target["in_mirror"]
+    bare = plan_build(cfg, BuildInputs(input=str(annotations)), tmp_path / "bare")
+    assert not _jobs(bare, "mirror") and any("no scenes.json and no COCO-Stuff maps" in n for n in bare["notes"])

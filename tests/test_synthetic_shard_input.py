@@ -35,7 +35,8 @@ def converted(tmp_path_factory):
 def built(converted, tmp_path_factory):
     samples, shards = converted
     out = tmp_path_factory.mktemp("built")
-    cfg = SyntheticConfig(scenarios=SCENARIOS, shard_size=8, dilate_px=0)  # edit mask = the object's mask
+    cfg = SyntheticConfig(scenarios=SCENARIOS, leakage_guard=False, shard_size=8, dilate_px=0, remove_dilate_px=0,
+                          verify=False)  # edit mask = the object's mask
     # scenes.json: mirror regions (shards have none), so reflections are not taken for objects
     result = build(cfg, BuildInputs(input=str(shards), scenes=str(samples.scenes_json)), out)
     return samples, shards, out, result
@@ -120,7 +121,7 @@ def test_no_target_and_multi_target_refs_skipped(built):
 
 def test_splits_filter_and_images_rejected(converted, tmp_path):
     _, shards = converted
-    cfg = SyntheticConfig(scenarios=SCENARIOS)
+    cfg = SyntheticConfig(scenarios=SCENARIOS, leakage_guard=False)
     plan = plan_build(cfg, BuildInputs(input=str(shards / "refcoco"), splits=["val"]), tmp_path / "a")
     assert [Path(s).stem for s in plan["sources"]] == ["instances_val"]
     assert plan["shard_input"]["skipped"]["other_split"] > 0

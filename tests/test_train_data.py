@@ -272,7 +272,6 @@ def test_every_kind_renders_from_real_shards(tmp_path):
     assert kinds["vqa"].is_edit is False and kinds["vqa"].answer.startswith("A test")
     assert "<image>" not in kinds["vqa"].instruction
     assert all(kinds[k].is_edit for k in ("edit_pair", "reasoning_seg", "seg_labelmap", "referring_mask"))
-    assert ds.errors == 0
     # the same draw index always renders the same example (resume relies on it)
     fresh = MixtureDataset(mix, featurize=lambda ex: ex, resolution=16)
     a, b = ds[17], fresh[17]
@@ -310,3 +309,24 @@ def test_dataloader_resumes_the_stream_at_a_draw_index(tmp_path):
     batches = [next(it) for _ in range(4)]
     resumed = next(iter(make_dataloader(ds, batch_size=3, start=9, collate_fn=collate)))
     assert resumed == batches[3]
+
+
+def test_a_bad_sample_is_an_error_naming_it_not_a_silent_redraw(tmp_path):
+    from model.data import SampleError
+
+    index = write_dataset(tmp_path, "caps", "cc12m", "caption", 4)
+    # rewrite the shard with one caption sample that lacks its `caption` field
+    import webdataset as wds
+
+    shard = index.parent / "caps-000000.tar"
+    with wds.TarWriter(str(shard)) as writer:
+        for i in range(4):
+            meta = {"kind": "caption", "source": "fixture"} | ({} if i == 2 else {"caption": f"c {i}"})
+            writer.write({"__key__": f"caption-{i:05d}", "json": json.dumps(meta).encode()})
+    ds = MixtureDataset(uniform_mixture([index]), featurize=lambda ex: ex, resolution=8)
+    draws = [ds.sampler.draw(i) for i in range(40)]
+    bad = next(d.draw_index for d in draws if d.sample == 2)
+    good = next(d.draw_index for d in draws if d.sample != 2)
+    assert ds[good].caption.startswith("c ")
+    with pytest.raises(SampleError, match=rf"draw {bad}: sample 2 of .*caps/shardindex\.json is unusable: json has no field 'caption'"):
+        ds[bad]

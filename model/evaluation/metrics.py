@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Protocol = Literal["official", "corrected"]
+ScoringProtocol = Literal["official", "corrected"]
 PROTOCOLS: tuple[str, ...] = ("official", "corrected")
 LPIPS_NET: dict[str, str] = {"official": "squeeze", "corrected": "alex"}
 
@@ -64,7 +64,7 @@ LPIPS_NET: dict[str, str] = {"official": "squeeze", "corrected": "alex"}
 class MetricsConfig:
     """How items are scored."""
 
-    protocol: Protocol = "corrected"
+    protocol: ScoringProtocol = "corrected"
     """``official`` reproduces the released script; ``corrected`` fixes its quirks (module docstring)."""
     size: int = 256
     """Side the input, output and mask are resized to before scoring (paper: 256)."""

@@ -33,14 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pipeline.vocabulary import REASON_EDIT_CATEGORIES as CATEGORIES
+from pipeline.vocabulary import REASON_EDIT_REASONING as REASONING_CATEGORIES
+from pipeline.vocabulary import REASON_EDIT_UNDERSTANDING as UNDERSTANDING_CATEGORIES
+
 if TYPE_CHECKING:
     from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-UNDERSTANDING_CATEGORIES = ("1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color", "5-Multiple-Objects")
-REASONING_CATEGORIES = ("6-Reasoning",)
-CATEGORIES = UNDERSTANDING_CATEGORIES + REASONING_CATEGORIES
+
 CLIP_SEPARATOR = "CLIP:"
 
 Group = Literal["understanding", "reasoning", "other"]

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from data_specs import spec_path
+
 METRICS = ("psnr", "ssim", "lpips", "clip")
 TABLE_METRICS = METRICS + ("ins_align",)
 FOLLOWING = ("fg_change", "clip_direction", "vlm", "l1", "clip_i", "dino")
@@ -24,7 +26,7 @@ METRIC_TITLES = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "cli
 NOT_COMPARABLE = ("corrected protocol: these rows are NOT comparable with the paper's Table 1, which was computed "
                   "with the released script (our `official` protocol)")
 GROUPS = ("understanding", "reasoning")
-PAPER_TABLE = Path(__file__).resolve().parents[2] / "data_specs" / "reason_edit_paper_table1.yaml"
+PAPER_TABLE = spec_path("reason_edit_paper_table1.yaml")
 REPORT_FORMAT = "smartedit-reason-edit-report-v1"
 
 

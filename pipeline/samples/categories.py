@@ -1,74 +1,20 @@
-"""The real COCO 2017 instance categories and the COCO-Stuff 164k label list.
+"""The real COCO 2017 instance categories and the COCO-Stuff 164k label list, as the generator uses them.
 
-Written out by hand because no installed library ships them (pycocotools reads them from the
-annotation file we are generating). Ids are the official ones: COCO uses 1..90 with 10 gaps (plus
-91, which only COCO-Stuff names); COCO-Stuff's ``labels.txt`` id = COCO category id for things and
-names the 11 ids COCO 2017 never uses.
+The tables themselves are in `pipeline.vocabulary` (shared with the converters and the builder).
 """
 
 from __future__ import annotations
 
-# (id, name, supercategory) of the 80 COCO 2017 instance categories.
-COCO_CATEGORIES: tuple[tuple[int, str, str], ...] = (
-    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"), (4, "motorcycle", "vehicle"),
-    (5, "airplane", "vehicle"), (6, "bus", "vehicle"), (7, "train", "vehicle"), (8, "truck", "vehicle"),
-    (9, "boat", "vehicle"), (10, "traffic light", "outdoor"), (11, "fire hydrant", "outdoor"),
-    (13, "stop sign", "outdoor"), (14, "parking meter", "outdoor"), (15, "bench", "outdoor"),
-    (16, "bird", "animal"), (17, "cat", "animal"), (18, "dog", "animal"), (19, "horse", "animal"),
-    (20, "sheep", "animal"), (21, "cow", "animal"), (22, "elephant", "animal"), (23, "bear", "animal"),
-    (24, "zebra", "animal"), (25, "giraffe", "animal"), (27, "backpack", "accessory"),
-    (28, "umbrella", "accessory"), (31, "handbag", "accessory"), (32, "tie", "accessory"),
-    (33, "suitcase", "accessory"), (34, "frisbee", "sports"), (35, "skis", "sports"),
-    (36, "snowboard", "sports"), (37, "sports ball", "sports"), (38, "kite", "sports"),
-    (39, "baseball bat", "sports"), (40, "baseball glove", "sports"), (41, "skateboard", "sports"),
-    (42, "surfboard", "sports"), (43, "tennis racket", "sports"), (44, "bottle", "kitchen"),
-    (46, "wine glass", "kitchen"), (47, "cup", "kitchen"), (48, "fork", "kitchen"), (49, "knife", "kitchen"),
-    (50, "spoon", "kitchen"), (51, "bowl", "kitchen"), (52, "banana", "food"), (53, "apple", "food"),
-    (54, "sandwich", "food"), (55, "orange", "food"), (56, "broccoli", "food"), (57, "carrot", "food"),
-    (58, "hot dog", "food"), (59, "pizza", "food"), (60, "donut", "food"), (61, "cake", "food"),
-    (62, "chair", "furniture"), (63, "couch", "furniture"), (64, "potted plant", "furniture"),
-    (65, "bed", "furniture"), (67, "dining table", "furniture"), (70, "toilet", "furniture"),
-    (72, "tv", "electronic"), (73, "laptop", "electronic"), (74, "mouse", "electronic"),
-    (75, "remote", "electronic"), (76, "keyboard", "electronic"), (77, "cell phone", "electronic"),
-    (78, "microwave", "appliance"), (79, "oven", "appliance"), (80, "toaster", "appliance"),
-    (81, "sink", "appliance"), (82, "refrigerator", "appliance"), (84, "book", "indoor"),
-    (85, "clock", "indoor"), (86, "vase", "indoor"), (87, "scissors", "indoor"), (88, "teddy bear", "indoor"),
-    (89, "hair drier", "indoor"), (90, "toothbrush", "indoor"),
+# The tables live in the shared vocabulary (product code reads them there, never from the sample generator).
+from pipeline.vocabulary import (  # noqa: E402,F401
+    CATEGORY_ID,
+    CATEGORY_NAME,
+    COCO_CATEGORIES,
+    STUFF_NAMES,
+    UNUSED_THING_NAMES,
+    cocostuff_labels,
 )
-
-# COCO-Stuff names of the thing ids COCO 2017 dropped (they never occur in the label maps).
-UNUSED_THING_NAMES: dict[int, str] = {
-    12: "street sign", 26: "hat", 29: "shoe", 30: "eye glasses", 45: "plate", 66: "mirror", 68: "window",
-    69: "desk", 71: "door", 83: "blender", 91: "hair brush",
-}
-
-# The 91 COCO-Stuff stuff classes, labels.txt ids 92..182 in this (alphabetical) order.
-STUFF_NAMES: tuple[str, ...] = (
-    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
-    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
-    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood",
-    "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house",
-    "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
-    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
-    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
-    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel",
-    "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
-    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
-)
-
-CATEGORY_ID: dict[str, int] = {name: cid for cid, name, _ in COCO_CATEGORIES}
-CATEGORY_NAME: dict[int, str] = {cid: name for cid, name, _ in COCO_CATEGORIES}
-UNLABELED = 255
-
-
-def cocostuff_labels() -> dict[int, str]:
-    """labels.txt as {id: name}: 0 unlabeled, 1..91 things (COCO ids, unused ones included), 92..182 stuff."""
-    labels = {0: "unlabeled"}
-    for cid in range(1, 92):
-        labels[cid] = CATEGORY_NAME.get(cid) or UNUSED_THING_NAMES[cid]
-    for offset, name in enumerate(STUFF_NAMES):
-        labels[92 + offset] = name
-    return labels
+from pipeline.vocabulary import COCOSTUFF_UNLABELED as UNLABELED  # noqa: E402,F401
 
 
 def stuff_value(name: str) -> int:

@@ -159,3 +159,12 @@ def truth(img: CocoImage) -> dict[str, Any]:
     return {"source": "coco", "split": img.split, "file_name": img.file_name, "path": f"coco/{img.split}/{img.file_name}",
             "image_id": img.image_id, "exif_orientation": img.orientation, "image_mode": img.mode,
             **scene_truth(img.rendered)}
+
+
+def displayed_rgb(img: CocoImage, image) -> "np.ndarray":
+    """A rendered PIL image as the COCO file shows it once decoded (grayscale / CMYK quirks applied): (H, W, 3) uint8."""
+    if img.mode == "L":
+        image = image.convert("L")
+    elif img.mode == "CMYK":
+        image = image.convert("CMYK")
+    return np.asarray(image.convert("RGB"))

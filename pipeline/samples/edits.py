@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.samples import expressions as ex
 from pipeline.samples.palette import COLOUR_NAMES
-from pipeline.samples.scenes import COMMON, RenderedScene, Scene, place, render
+from pipeline.samples.scenes import COMMON, RenderedScene, ScenePlan, place, render
 from pipeline.samples.shapes import ASPECT
 
 EditOp = Literal["recolour", "replace", "remove", "add"]
@@ -34,7 +34,7 @@ class EditPair:
     target: str  # short description of the edited region afterwards (Reason-Edit's CLIP text)
 
 
-def caption(scene: Scene) -> str:
+def caption(scene: ScenePlan) -> str:
     """A one-line caption in InstructPix2Pix's style: the objects and the ground they stand on."""
     objs = [o for o in scene.objects if not o.in_mirror and not o.crowd]
     names = [f"a {ex.noun(o, True)}" for o in objs] or ["an empty scene"]

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.samples.scenes import RenderedScene, SceneObject
+from pipeline.samples.scenes import PlannedObject, RenderedScene
 from pipeline.samples.shapes import plural
 
 Style = Literal["unc", "plus", "g"]
@@ -30,7 +30,7 @@ class ObjectContext:
     nearest: category of the closest object of another category (by mask centroid), None if there is none.
     """
 
-    obj: SceneObject
+    obj: PlannedObject
     n_siblings: int
     position: str | None
     size: str | None
@@ -70,7 +70,7 @@ def context(rendered: RenderedScene, index: int) -> ObjectContext:
     )
 
 
-def noun(obj: SceneObject, colour: bool = False) -> str:
+def noun(obj: PlannedObject, colour: bool = False) -> str:
     """"red car", or "person in red" (people are described by their clothes)."""
     if not colour:
         return obj.category

@@ -40,6 +40,11 @@ def _prepare(root: Path) -> None:
         raise ValueError(f"{root}: not empty and holds no samples.json; give a new or empty directory for the samples")
 
 
+def coco_images(seed: int = 0) -> list[coco.CocoImage]:
+    """The COCO sample images (scene plans with their renders) that `make_samples(…, seed)` writes."""
+    return coco.build_images(_rng(seed, "coco"))
+
+
 def make_samples(out_dir: str | Path, seed: int = 0) -> SampleSet:
     """Write all sample datasets under out_dir (see pipeline.samples); same seed → byte-identical files."""
     root = Path(out_dir)
@@ -49,7 +54,7 @@ def make_samples(out_dir: str | Path, seed: int = 0) -> SampleSet:
     quirks: dict[str, Any] = {}
     truths: list[dict[str, Any]] = []
 
-    images = coco.build_images(_rng(seed, "coco"))
+    images = coco_images(seed)
     result = coco.write(samples.coco, images)
     counts.update(result["counts"])
     quirks.update(result["quirks"])

@@ -19,8 +19,8 @@ from pipeline.samples.edits import apply_edit
 from pipeline.samples.quirks import jpeg_bytes, png_bytes, write_bytes
 from pipeline.samples.reasonseg import AFFORDANCES
 from pipeline.samples.scenes import COMMON, RenderedScene, place_category_first, plan_scene, render, scene_truth
+from pipeline.vocabulary import REASON_EDIT_CATEGORIES as CATEGORIES
 
-CATEGORIES = ("1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color", "5-Multiple-Objects", "6-Reasoning")
 ITEMS_PER_CATEGORY = 3
 SIZES = ((320, 240), (256, 256), (400, 300))
 

@@ -1,6 +1,6 @@
 """Rendered scenes with exact ground truth: the pixels every sample dataset is made of.
 
-A `Scene` is a plan (image size, stuff background, mirrors, objects with category, colour, box);
+A `ScenePlan` is a plan (image size, stuff background, mirrors, objects with category, colour, box);
 `render` turns it into an RGB image, a COCO-Stuff label map and one mask per object. Object masks
 come from rasterising the very polygons that are annotated (pycocotools, the same rasteriser the
 converters use), and the object is painted through that mask, so annotation, pixels and label map
@@ -33,7 +33,7 @@ MARGIN = 4
 
 
 @dataclass
-class SceneObject:
+class PlannedObject:
     """One object: a silhouette of `category` filled with palette `colour`, centred at (cx, cy), size w × h px.
 
     in_mirror: a reflected copy drawn inside a mirror (flip is then the opposite of the original's).
@@ -79,7 +79,7 @@ class Mirror:
 
 
 @dataclass
-class Scene:
+class ScenePlan:
     """A plan: size, two stuff regions split at `horizon` (fraction of the height), mirrors, objects."""
 
     width: int
@@ -91,9 +91,9 @@ class Scene:
     unlabeled_band: int = 0
     kind: str = "mixed"
     mirrors: list[Mirror] = field(default_factory=list)
-    objects: list[SceneObject] = field(default_factory=list)
+    objects: list[PlannedObject] = field(default_factory=list)
 
-    def copy(self) -> "Scene":
+    def copy(self) -> "ScenePlan":
         return copy.deepcopy(self)
 
 
@@ -101,7 +101,7 @@ class Scene:
 class RenderedScene:
     """image: RGB (H, W); labels: uint8 (H, W) COCO-Stuff values; masks: bool (H, W) per object."""
 
-    scene: Scene
+    scene: ScenePlan
     image: Any  # PIL.Image.Image
     labels: np.ndarray
     masks: list[np.ndarray]
@@ -124,7 +124,7 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return 1.0 + waves + grain
 
 
-def render(scene: Scene) -> RenderedScene:
+def render(scene: ScenePlan) -> RenderedScene:
     """Render a scene: background, mirrors, then objects in order (later objects on top)."""
     from PIL import Image
 
@@ -178,8 +178,8 @@ def _free(box: tuple[float, float, float, float], taken: list[tuple[float, float
     return all(x1 + gap <= a0 or a1 + gap <= x0 or y1 + gap <= b0 or b1 + gap <= y0 for a0, b0, a1, b1 in taken)
 
 
-def place(rng: np.random.Generator, scene: Scene, category: str, width: float, taken: list,
-          x_range: tuple[float, float] | None = None, colour: str | None = None, flip: bool | None = None) -> SceneObject | None:
+def place(rng: np.random.Generator, scene: ScenePlan, category: str, width: float, taken: list,
+          x_range: tuple[float, float] | None = None, colour: str | None = None, flip: bool | None = None) -> PlannedObject | None:
     """Put one object of `category` and box width `width` (px) where it overlaps nothing in `taken`.
 
     x_range restricts the centre's x (a band of the image, for left/middle/right layouts). Returns
@@ -200,14 +200,14 @@ def place(rng: np.random.Generator, scene: Scene, category: str, width: float, t
         box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         if _free(box, taken):
             taken.append(box)
-            return SceneObject(category, colour or str(rng.choice(list(COLOURS))), round(cx, 1), round(cy, 1),
+            return PlannedObject(category, colour or str(rng.choice(list(COLOURS))), round(cx, 1), round(cy, 1),
                                round(w, 1), round(h, 1), flip=bool(rng.integers(2)) if flip is None else flip)
     return None
 
 
-def new_scene(rng: np.random.Generator, width: int, height: int, kind: str = "mixed") -> Scene:
+def new_scene(rng: np.random.Generator, width: int, height: int, kind: str = "mixed") -> ScenePlan:
     """An empty scene with a random stuff background and its own texture seed."""
-    return Scene(width=width, height=height, upper=str(rng.choice(list(UPPER_STUFF))),
+    return ScenePlan(width=width, height=height, upper=str(rng.choice(list(UPPER_STUFF))),
                  lower=str(rng.choice(list(LOWER_STUFF))), horizon=round(float(rng.uniform(0.35, 0.6)), 3),
                  noise_seed=int(rng.integers(2**31)), unlabeled_band=int(rng.choice([0, 2, 3])), kind=kind)
 
@@ -216,8 +216,8 @@ def _distinct_colours(rng: np.random.Generator, n: int) -> list[str]:
     return [str(c) for c in rng.choice(list(COLOURS), size=n, replace=False)]
 
 
-def _row(rng: np.random.Generator, scene: Scene, category: str, n: int, colours: list[str], taken: list,
-         scales: list[float]) -> list[SceneObject]:
+def _row(rng: np.random.Generator, scene: ScenePlan, category: str, n: int, colours: list[str], taken: list,
+         scales: list[float]) -> list[PlannedObject]:
     """n objects of one category in n side-by-side bands (so left/middle/right is unambiguous)."""
     band = scene.width / n
     out = []
@@ -232,7 +232,7 @@ def _row(rng: np.random.Generator, scene: Scene, category: str, n: int, colours:
     return out
 
 
-def plan_scene(rng: np.random.Generator, width: int, height: int, kind: str, category: str | None = None) -> Scene:
+def plan_scene(rng: np.random.Generator, width: int, height: int, kind: str, category: str | None = None) -> ScenePlan:
     """A scene of the given kind (see the module docstring); `category` fixes the repeated/main category."""
     if kind not in SCENE_KINDS:
         raise ValueError(f"scene kind {kind!r} unknown; expected one of {SCENE_KINDS}")
@@ -260,7 +260,7 @@ def plan_scene(rng: np.random.Generator, width: int, height: int, kind: str, cat
             raise RuntimeError("mirror scene: no room for the reflected object; use a larger image")
         gx, gy, gw, gh = mirror.glass
         scale = min(0.75 * gw / obj.w, 0.75 * gh / obj.h)
-        reflection = SceneObject(main, obj.colour, round(gx + gw / 2, 1), round(gy + gh / 2, 1),
+        reflection = PlannedObject(main, obj.colour, round(gx + gw / 2, 1), round(gy + gh / 2, 1),
                                  round(obj.w * scale, 1), round(obj.h * scale, 1), flip=not obj.flip, in_mirror=True)
         scene.objects = [obj, reflection]
     elif kind == "crowd":
@@ -272,7 +272,7 @@ def plan_scene(rng: np.random.Generator, width: int, height: int, kind: str, cat
         pw = cw / (k + 1)
         parts = [(round(x0 + pw * (i + 1), 1), round(y0 + ch / 2 + float(rng.uniform(-0.1, 0.1)) * ch, 1),
                   round(pw * 0.7, 1), round(ch * 0.75, 1)) for i in range(k)]
-        crowd = SceneObject("person", str(rng.choice(list(COLOURS))), round(x0 + cw / 2, 1), round(y0 + ch / 2, 1),
+        crowd = PlannedObject("person", str(rng.choice(list(COLOURS))), round(x0 + cw / 2, 1), round(y0 + ch / 2, 1),
                             round(cw, 1), round(ch, 1), crowd=True, parts=parts)
         scene.objects = [crowd]
     if kind in ("mixed", "crowd", "mirror"):
@@ -290,7 +290,7 @@ def plan_scene(rng: np.random.Generator, width: int, height: int, kind: str, cat
     return scene
 
 
-def place_category_first(rng: np.random.Generator, width: int, height: int, category: str, extra: int = 2) -> Scene:
+def place_category_first(rng: np.random.Generator, width: int, height: int, category: str, extra: int = 2) -> ScenePlan:
     """A mixed scene whose first object is `category` (for datasets that need a given target)."""
     scene = new_scene(rng, width, height, "mixed")
     taken: list = []
@@ -314,7 +314,7 @@ def mask_bbox(mask: np.ndarray) -> list[float]:
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
-def object_truth(obj: SceneObject, mask: np.ndarray) -> dict[str, Any]:
+def object_truth(obj: PlannedObject, mask: np.ndarray) -> dict[str, Any]:
     """The scenes.json record of one rendered object."""
     ys, xs = np.nonzero(mask)
     centroid = [round(float(xs.mean()), 2), round(float(ys.mean()), 2)] if len(xs) else [0.0, 0.0]
@@ -333,3 +333,17 @@ def scene_truth(rendered: RenderedScene) -> dict[str, Any]:
         "objects": [object_truth(o, m) for o, m in zip(s.objects, rendered.masks)],
         "mirrors": [{"bbox": [m.x, m.y, m.w, m.h], "glass_bbox": list(m.glass)} for m in s.mirrors],
     }
+
+
+def clean_plate(scene: Scene, ann_id: int) -> RenderedScene:
+    """The scene rendered without object ``ann_id``: what a perfect removal of it looks like.
+
+    The background and every other object are seeded by the plan, not by draw order, so only the pixels
+    the object covered (and did not lie under a later object) change.
+    """
+    without = scene.copy()
+    kept = [o for o in without.objects if o.ann_id != ann_id]
+    if len(kept) == len(without.objects):
+        raise KeyError(f"scene has no object with ann_id {ann_id}")
+    without.objects = kept
+    return render(without)

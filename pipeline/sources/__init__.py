@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.vocabulary import SOURCES as VOCABULARY_SOURCES
+
 # source name → "module:class"; the names are the CLI's SOURCE choices and the json `source` field.
 _READERS: dict[str, str] = {
     "cocostuff": "pipeline.sources.cocostuff:CocoStuffReader",
@@ -26,7 +28,7 @@ _READERS: dict[str, str] = {
     "instructpix2pix": "pipeline.sources.instructpix2pix:InstructPix2PixReader",
     "magicbrush": "pipeline.sources.magicbrush:MagicBrushReader",
 }
-SOURCES: tuple[str, ...] = tuple(_READERS)
+SOURCES: tuple[str, ...] = VOCABULARY_SOURCES  # one reader per source name of the vocabulary (a test checks)
 
 
 def reader_class(source: str) -> type:
@@ -63,6 +65,7 @@ def convert_source(
     splits: list[str] | None = None,
     shard_size: int = 1000,
     workers: int = 1,
+    overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     **options: Any,
 ) -> dict[str, dict[str, Any]]:
@@ -71,11 +74,14 @@ def convert_source(
 
     splits = splits or available_splits(source, root, **options)
     if not splits:
-        raise FileNotFoundError(f"{root}: no split of {source!r} found; check --root against data_specs/sources/{source}.yaml")
+        hint = reader_class(source).layouts_hint(root) if hasattr(reader_class(source), "layouts_hint") else ""
+        raise FileNotFoundError(f"{root}: no split of {source!r} found; check --root against "
+                                f"data_specs/sources/{source}.yaml{hint}")
     manifests = {}
     for split in splits:
         reader = get_reader(source, root, split, **options)
         dataset_dir = Path(out) / reader.dataset_name / split
         callback = (lambda done, total, _s=split: progress(_s, done, total)) if progress else None
-        manifests[split] = convert(reader, dataset_dir, shard_size=shard_size, workers=workers, progress=callback)
+        manifests[split] = convert(reader, dataset_dir, shard_size=shard_size, workers=workers, overwrite=overwrite,
+                                   progress=callback)
     return manifests

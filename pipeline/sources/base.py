@@ -8,16 +8,53 @@ worker pool per shard) and each worker process lists the records once.
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.records import Reject, Sample, make_key
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, StoredImage
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, StoredImage
 from pipeline.sources.spec import SourceSpec, load_spec
 
 log = logging.getLogger(__name__)
+
+class SourceError(ValueError):
+    """A whole-file input is unusable (missing or corrupt annotation file, missing image directory).
+
+    Raised by `BaseReader.check_inputs` before any shard is written: one line naming the file and the fix.
+    """
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object repeats a key (json.loads would silently keep the last value)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def parse_json(text: str | bytes) -> Any:
+    """`json.loads` that refuses duplicate keys (`DuplicateKeyError`) instead of keeping the last one."""
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
+
+def load_json_file(path: Path, what: str) -> Any:
+    """A whole annotation file, parsed strictly; `SourceError` naming the file and the fix otherwise."""
+    if not path.exists():
+        raise SourceError(f"{path}: missing; expected {what}")
+    try:
+        return parse_json(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, DuplicateKeyError) as err:
+        raise SourceError(f"{path}: not valid JSON ({err}); expected {what}; download it again") from None
+
 
 _CACHE_ENTRIES = 4  # listings kept per process; one conversion uses one, a test session a few
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -46,17 +83,22 @@ class BaseReader:
     root: the source's root directory (as documented in its spec's `layout`).
     split: a split name from the spec.
     max_pixels: images with more pixels are rejected (``image_too_large``) before any decoding.
+    max_bytes: files larger than this are rejected (``file_too_large``) before they are read.
     """
 
     source: str = ""
     variant: str = "default"
 
-    def __init__(self, root: Path | str, split: str, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, root: Path | str, split: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
         self.root = Path(root).resolve()
         self.split = split
         self.max_pixels = int(max_pixels)
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be ≥ 1, got {max_pixels}")
+        self.max_bytes = int(max_bytes)
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be ≥ 1, got {max_bytes}")
         splits = self.source_spec().splits(self.variant)
         if split not in splits:
             raise ValueError(f"{self.source}: unknown split {split!r}; expected one of {splits}")
@@ -73,9 +115,38 @@ class BaseReader:
 
     def options(self) -> dict[str, Any]:
         """Reader options that change the output; part of the spec hash and the listing cache key."""
-        return {"max_pixels": self.max_pixels}
+        return {"max_pixels": self.max_pixels, "max_bytes": self.max_bytes}
 
     # -- the SourceReader protocol --------------------------------------------------------------
+    @property
+    def code_module(self) -> str:
+        """The module whose source text is part of every shard fingerprint (pipeline.fingerprint.code_fingerprint)."""
+        return type(self).__module__
+
+    def image_dirs(self) -> list[Path]:
+        """Directories the records' images are read from (checked to exist by `check_inputs`)."""
+        images = getattr(self, "images", None)
+        return [images] if isinstance(images, Path) else []
+
+    def check_inputs(self) -> None:
+        """Load every whole-file input (the record listing and what it needs) and check the image directories.
+
+        Raises `SourceError` with one line naming the file: the driver calls this before writing any
+        shard, so a corrupt annotation file stops the run instead of becoming one reject per record.
+        """
+        if not self.root.exists():
+            raise SourceError(f"{self.root}: --root does not exist")
+        for directory in self.image_dirs():
+            if not directory.is_dir():
+                raise SourceError(f"{directory}: image directory does not exist; pass --images pointing at the "
+                                  f"{self.source} images (see data_specs/sources/{self.source}.yaml)")
+        try:
+            self.records()
+        except SourceError:
+            raise
+        except (OSError, ValueError, UnicodeDecodeError, pickle.UnpicklingError) as err:
+            raise SourceError(str(err)) from None
+
     @classmethod
     def source_spec(cls) -> SourceSpec:
         return load_spec(cls.source)

@@ -8,13 +8,13 @@ masks; a no-target ref (``ann_id == [-1]`` / ``no_target: true``) gets an empty 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.records import Sample
+from pipeline.sources.base import load_json_file
 from pipeline.sources.images import RejectError, encode_mask_png
 from pipeline.sources.refcoco import _ReferBase, annotation_mask, sentences_of
 from pipeline.sources.safe_pickle import safe_load
@@ -40,7 +40,9 @@ class GRefCocoReader(_ReferBase):
     def _load_refs(self, path: Path) -> Any:
         if not path.exists():
             raise FileNotFoundError(f"{path.with_suffix('.json')}: missing; expected gRefCOCO's grefs({self.variant}).json")
-        return json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else safe_load(path)
+        if path.suffix == ".json":
+            return load_json_file(path, f"gRefCOCO's grefs({self.variant}).json")
+        return safe_load(path)
 
     def _read(self, index: int, ref: dict[str, Any]) -> Sample:
         where = f"gref {ref.get('ref_id')}"

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pipeline.records import Sample
 from pipeline.sources import parquet
-from pipeline.sources.base import BaseReader, process_cached, require_text
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, probe_image, read_image, resolve_inside
+from pipeline.sources.base import BaseReader, DuplicateKeyError, SourceError, load_json_file, parse_json, process_cached, require_text
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, probe_image, read_image, read_regular_file, resolve_inside
 
 Form = Literal["auto", "folder", "parquet"]
 
@@ -34,8 +34,9 @@ class InstructPix2PixReader(BaseReader):
 
     source = "instructpix2pix"
 
-    def __init__(self, root: Path | str, split: str = "train", *, form: Form = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
-        super().__init__(root, split, max_pixels=max_pixels)
+    def __init__(self, root: Path | str, split: str = "train", *, form: Form = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        super().__init__(root, split, max_pixels=max_pixels, max_bytes=max_bytes)
         if form not in ("auto", "folder", "parquet"):
             raise ValueError(f"form must be auto, folder or parquet, got {form!r}")
         self.form = detect_form(self.root) if form == "auto" else form
@@ -47,11 +48,13 @@ class InstructPix2PixReader(BaseReader):
         if self.form == "parquet":
             return parquet.list_rows(self.root, self.split)
         path = self.root / "seeds.json"
-        seeds = json.loads(path.read_text(encoding="utf-8"))
+        seeds = load_json_file(path, "InstructPix2Pix's seeds.json = [[dir, [seeds]], ...]")
+        if not isinstance(seeds, list):
+            raise SourceError(f"{path}: top level is {type(seeds).__name__}; expected a list of [dir, [seeds]]")
         records = []
         for i, entry in enumerate(seeds):
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list)):
-                raise ValueError(f"{path}: entry {i} must be [dir, [seeds]], got {entry!r:.80}")
+                raise SourceError(f"{path}: entry {i} must be [dir, [seeds]], got {entry!r:.80}")
             records.extend((str(entry[0]), str(seed)) for seed in entry[1])
         return records
 
@@ -66,8 +69,8 @@ class InstructPix2PixReader(BaseReader):
             if not path.exists():
                 raise RejectError("annotation_missing", f"{path}: missing prompt.json")
             try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
+                return parse_json(read_regular_file(path, max_bytes=self.max_bytes))
+            except (UnicodeDecodeError, json.JSONDecodeError, DuplicateKeyError) as err:
                 raise RejectError("annotation_invalid", f"{path}: not valid JSON ({err})") from None
 
         return process_cached(("ip2p-prompt", str(self.root), directory), build)
@@ -79,8 +82,8 @@ class InstructPix2PixReader(BaseReader):
         where = f"{directory}/{seed}"
         prompt = self._prompts(directory)
         instruction = require_text(prompt.get("edit"), f"{where}: prompt.json 'edit'")
-        src = read_image(self.root, Path(directory) / f"{seed}_0.jpg", max_pixels=self.max_pixels)
-        tgt = read_image(self.root, Path(directory) / f"{seed}_1.jpg", max_pixels=self.max_pixels)
+        src = read_image(self.root, Path(directory) / f"{seed}_0.jpg", max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        tgt = read_image(self.root, Path(directory) / f"{seed}_1.jpg", max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         meta = self.meta(
             "edit_pair", where, instruction=instruction, input_caption=str(prompt.get("input", "")),
             output_caption=str(prompt.get("output", "")), seed=seed,
@@ -93,8 +96,8 @@ class InstructPix2PixReader(BaseReader):
         where = f"{row.file}#row={row.file_row}"
         values = parquet.read_row(self.root, row)
         instruction = require_text(values.get("edit_prompt"), f"{where}: edit_prompt")
-        src = probe_image(parquet.image_bytes(values.get("original_image"), "original_image", where), f"{where}:original_image", max_pixels=self.max_pixels)
-        tgt = probe_image(parquet.image_bytes(values.get("edited_image"), "edited_image", where), f"{where}:edited_image", max_pixels=self.max_pixels)
+        src = probe_image(parquet.image_bytes(values.get("original_image"), "original_image", where), f"{where}:original_image", max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        tgt = probe_image(parquet.image_bytes(values.get("edited_image"), "edited_image", where), f"{where}:edited_image", max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         meta = self.meta(
             "edit_pair", where, instruction=instruction, input_caption=str(values.get("original_prompt") or ""),
             output_caption=str(values.get("edited_prompt") or ""),

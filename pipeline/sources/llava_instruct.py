@@ -9,13 +9,12 @@ leading or trailing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.records import Sample
-from pipeline.sources.base import BaseReader
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, read_image
+from pipeline.sources.base import BaseReader, SourceError, load_json_file
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, read_image
 
 IMAGE_TOKEN = "<image>"
 DEFAULT_FILE = "llava_instruct_150k.json"
@@ -57,8 +56,9 @@ class LlavaInstructReader(BaseReader):
         images: Path | str | None = None,
         annotation: str = DEFAULT_FILE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ):
-        super().__init__(root, split, max_pixels=max_pixels)
+        super().__init__(root, split, max_pixels=max_pixels, max_bytes=max_bytes)
         self.annotation = annotation
         if images:
             self.images = Path(images).resolve()
@@ -76,10 +76,10 @@ class LlavaInstructReader(BaseReader):
     def _list_records(self) -> list[Any]:
         path = self.annotation_path
         if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; expected LLaVA's {DEFAULT_FILE} under --root")
-        records = json.loads(path.read_text(encoding="utf-8"))
+            raise SourceError(f"{path}: missing; expected LLaVA's {DEFAULT_FILE} under --root")
+        records = load_json_file(path, f"LLaVA's {DEFAULT_FILE}, a JSON list of records")
         if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+            raise SourceError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
         return records
 
     def location(self, index: int, record: Any) -> str:
@@ -91,7 +91,7 @@ class LlavaInstructReader(BaseReader):
         if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not record["image"]:
             raise RejectError("annotation_invalid", f"{where}: record needs a non-empty 'image' file name")
         conversations = normalise_conversations(record.get("conversations"), where)
-        image = read_image(self.images, record["image"], max_pixels=self.max_pixels)
+        image = read_image(self.images, record["image"], max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         meta = self.meta(
             "vqa", index, record_id=str(record.get("id", "")), image_file=record["image"],
             conversations=conversations, **self.image_fields(image),

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.records import Sample
 from pipeline.sources import parquet
 from pipeline.sources.base import BaseReader, require_text
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, decode_binary_mask, encode_mask_png, probe_image
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, decode_binary_mask, encode_mask_png, probe_image
 
 # revision → (source column, target column, mask column or None)
 REVISIONS: dict[str, tuple[str, str, str | None]] = {
@@ -35,8 +35,9 @@ class MagicBrushReader(BaseReader):
 
     source = "magicbrush"
 
-    def __init__(self, root: Path | str, split: str, *, max_pixels: int = DEFAULT_MAX_PIXELS):
-        super().__init__(root, split, max_pixels=max_pixels)
+    def __init__(self, root: Path | str, split: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        super().__init__(root, split, max_pixels=max_pixels, max_bytes=max_bytes)
 
     def _list_records(self) -> list[parquet.ParquetRow]:
         return parquet.list_rows(self.root, self.split)

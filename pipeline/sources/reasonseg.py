@@ -13,14 +13,15 @@ We write the target as ``mask.png`` (255) and the ignore region as ``ignore.png`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.records import Sample
-from pipeline.sources.base import BaseReader, process_cached
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, encode_mask_png, read_image, resolve_inside
+from pipeline.sources.base import BaseReader, DuplicateKeyError, SourceError, load_json_file, parse_json, process_cached
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, encode_mask_png, read_image, read_regular_file, resolve_inside
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TARGET, IGNORE = 1, 255
@@ -45,9 +46,14 @@ def rasterise_shapes(shapes: list[dict[str, Any]], height: int, width: int, *, t
             continue
         if shape.get("shape_type", "polygon") != "polygon":
             raise RejectError("annotation_invalid", f"{where}: shape {i} has shape_type {shape.get('shape_type')!r}; only polygons are supported")
-        pts = np.asarray(shape.get("points") or [], dtype=np.float64)
+        try:
+            pts = np.asarray(shape.get("points") or [], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RejectError("polygon_invalid", f"{where}: shape {i} ({label!r}) has points that are not numbers") from None
         if pts.ndim != 2 or pts.shape[0] < 3 or pts.shape[1] != 2:
             raise RejectError("polygon_invalid", f"{where}: shape {i} ({label!r}) is not a polygon of ≥ 3 [x, y] points")
+        if not np.isfinite(pts).all():  # NaN passes every bounds comparison and would rasterise to nothing
+            raise RejectError("polygon_invalid", f"{where}: shape {i} ({label!r}) has a non-finite coordinate (NaN or inf)")
         if (pts[:, 0].min() < -tolerance or pts[:, 1].min() < -tolerance
                 or pts[:, 0].max() > width + tolerance or pts[:, 1].max() > height + tolerance):
             raise RejectError("polygon_out_of_bounds", f"{where}: shape {i} ({label!r}) lies outside the {width}x{height} image")
@@ -76,8 +82,9 @@ class ReasonSegReader(BaseReader):
         explanatory: Path | str | None = None,
         polygon_tolerance: float = 1.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ):
-        super().__init__(root, split, max_pixels=max_pixels)
+        super().__init__(root, split, max_pixels=max_pixels, max_bytes=max_bytes)
         default = self.root / "explanatory" / f"{split}.json"
         self.explanatory = Path(explanatory).resolve() if explanatory else (default if default.exists() else None)
         self.tolerance = float(polygon_tolerance)
@@ -86,10 +93,19 @@ class ReasonSegReader(BaseReader):
         return {**super().options(), "explanatory": str(self.explanatory or ""), "polygon_tolerance": self.tolerance}
 
     def _list_records(self) -> list[str]:
+        """Image files of the split, plus every annotation json without an image (a reject, never a silent drop)."""
         split_dir = self.root / self.split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"{split_dir}: no such split directory; expected {self.root}/{{train,val,test}}/")
-        return sorted(p.name for p in split_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            raise SourceError(f"{split_dir}: no such split directory; expected {self.root}/{{train,val,test}}/")
+        names = os.listdir(split_dir)
+        images = sorted(n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+        stems = {n.rsplit(".", 1)[0] for n in images}
+        orphans = sorted(n for n in names if n.endswith(".json") and n[: -len(".json")] not in stems)
+        return images + orphans
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        self.explanations()
 
     def location(self, index: int, record: str) -> str:
         return str(self.root / self.split / record)
@@ -99,32 +115,43 @@ class ReasonSegReader(BaseReader):
             return {}
 
         def build() -> dict[str, str]:
-            items = json.loads(self.explanatory.read_text(encoding="utf-8"))
+            items = load_json_file(self.explanatory, "LISA's explanatory json, a list of {image, query, outputs}")
+            if not isinstance(items, list):
+                raise SourceError(f"{self.explanatory}: top level is {type(items).__name__}; expected a list of "
+                                  "{image, query, outputs}")
             return {str(it["image"]): str(it.get("outputs", "")) for it in items if isinstance(it, dict) and "image" in it}
 
         return process_cached(("explanatory", str(self.explanatory)), build)
 
     def _read(self, index: int, record: str) -> Sample:
         stem = record.rsplit(".", 1)[0]
+        if record.endswith(".json"):
+            raise RejectError("image_missing", f"{self.root / self.split / record}: annotation without an image "
+                                               f"({stem}{{{','.join(IMAGE_SUFFIXES)}}} not found)")
         rel_json = Path(self.split) / f"{stem}.json"
         json_path = resolve_inside(self.root, rel_json)
         if not json_path.exists():
             raise RejectError("annotation_missing", f"{json_path}: no annotation json beside {record}")
-        raw = json_path.read_bytes()
+        raw = read_regular_file(json_path, max_bytes=self.max_bytes)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            text = raw.decode("cp1252", errors="strict")  # some ReasonSeg files were saved on Windows, as LISA tolerates
+            try:
+                text = raw.decode("cp1252", errors="strict")  # some ReasonSeg files were saved on Windows, as LISA tolerates
+            except UnicodeDecodeError:
+                raise RejectError("annotation_invalid", f"{json_path}: neither UTF-8 nor cp1252 text") from None
         try:
-            ann = json.loads(text)
-        except json.JSONDecodeError as err:
+            ann = parse_json(text)
+        except (json.JSONDecodeError, DuplicateKeyError) as err:
             raise RejectError("annotation_invalid", f"{json_path}: not valid JSON ({err})") from None
+        if not isinstance(ann, dict):
+            raise RejectError("annotation_invalid", f"{json_path}: top level is {type(ann).__name__}, expected an object")
         texts = ann.get("text")
         texts = [texts] if isinstance(texts, str) else list(texts or [])
         sentences = [t for t in texts if isinstance(t, str) and t.strip()]
         if not sentences:
             raise RejectError("empty_text", f"{json_path}: field 'text' has no non-empty query")
-        image = read_image(self.root, Path(self.split) / record, max_pixels=self.max_pixels)
+        image = read_image(self.root, Path(self.split) / record, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         declared = (ann.get("imageWidth"), ann.get("imageHeight"))
         if all(isinstance(v, int) for v in declared) and declared != image.size:
             raise RejectError("size_mismatch", f"{json_path}: declares {declared[0]}x{declared[1]}, image is {image.width}x{image.height}")

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.records import Sample
-from pipeline.sources.base import BaseReader, process_cached
-from pipeline.sources.images import DEFAULT_MAX_PIXELS, RejectError, StoredImage, encode_mask_png, read_image
+from pipeline.records import Reject, Sample
+from pipeline.sources.base import BaseReader, SourceError, load_json_file, process_cached
+from pipeline.sources.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, RejectError, StoredImage, encode_mask_png, read_image
 from pipeline.sources.safe_pickle import safe_load
 
 
@@ -31,15 +31,24 @@ def _image_dir_candidates(root: Path) -> list[Path]:
     ]
 
 
+_INVALID = "__invalid__"  # marks a refs-file entry that can only be a reject
+
+
 class CocoInstances:
     """``instances.json`` indexed by image id and annotation id."""
 
     def __init__(self, path: Path):
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        what = "the COCO instances.json shipped with the refer datasets"
+        doc = load_json_file(path, what)
         self.path = path
-        self.images: dict[int, dict[str, Any]] = {int(im["id"]): im for im in doc.get("images", [])}
-        self.annotations: dict[int, dict[str, Any]] = {int(a["id"]): a for a in doc.get("annotations", [])}
-        self.categories: dict[int, str] = {int(c["id"]): c.get("name", "") for c in doc.get("categories", [])}
+        try:
+            if not isinstance(doc, dict):
+                raise TypeError(f"top level is {type(doc).__name__}, not an object")
+            self.images: dict[int, dict[str, Any]] = {int(im["id"]): im for im in doc.get("images", [])}
+            self.annotations: dict[int, dict[str, Any]] = {int(a["id"]): a for a in doc.get("annotations", [])}
+            self.categories: dict[int, str] = {int(c["id"]): c.get("name", "") for c in doc.get("categories", [])}
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise SourceError(f"{path}: not a COCO instances file ({type(err).__name__}: {err}); expected {what}") from None
 
     @classmethod
     def cached(cls, path: Path) -> "CocoInstances":
@@ -62,7 +71,13 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int, *, tolerance: 
         if not parts:
             raise RejectError("polygon_invalid", f"annotation {ann_id}: no polygon part with at least 3 points")
         for part in parts:
-            xy = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+            try:
+                xy = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+            except (TypeError, ValueError):
+                raise RejectError("polygon_invalid", f"annotation {ann_id}: polygon coordinates are not numbers") from None
+            # NaN/inf pass every bounds comparison and make pycocotools allocate without limit: refuse them first.
+            if not np.isfinite(xy).all():
+                raise RejectError("polygon_invalid", f"annotation {ann_id}: polygon has a non-finite coordinate (NaN or inf)")
             if (xy[:, 0].min() < -tolerance or xy[:, 1].min() < -tolerance
                     or xy[:, 0].max() > width + tolerance or xy[:, 1].max() > height + tolerance):
                 raise RejectError(
@@ -86,8 +101,11 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int, *, tolerance: 
 
 def sentences_of(ref: dict[str, Any], where: str) -> list[str]:
     """The ref's sentences (the refer ``sent`` field, ``raw`` as fallback); empty ones dropped; none → reject."""
+    sentences = ref.get("sentences")
+    if sentences is not None and not isinstance(sentences, list):
+        raise RejectError("annotation_invalid", f"{where}: field 'sentences' is {type(sentences).__name__}, expected a list")
     out = []
-    for s in ref.get("sentences") or []:
+    for s in sentences or []:
         text = s.get("sent") or s.get("raw") if isinstance(s, dict) else s
         if isinstance(text, str) and text.strip():
             out.append(text)
@@ -111,9 +129,10 @@ class _ReferBase(BaseReader):
         images: Path | str | None = None,
         polygon_tolerance: float = 1.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ):
         self.variant = split_by or self.source_spec().default_variant
-        super().__init__(root, split, max_pixels=max_pixels)
+        super().__init__(root, split, max_pixels=max_pixels, max_bytes=max_bytes)
         self.images = Path(images).resolve() if images else self._default_images()
         self.tolerance = float(polygon_tolerance)
 
@@ -134,8 +153,12 @@ class _ReferBase(BaseReader):
     def instances(self) -> CocoInstances:
         path = self.dataset_dir / "instances.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; the refer datasets ship instances.json beside the refs file")
+            raise SourceError(f"{path}: missing; the refer datasets ship instances.json beside the refs file")
         return CocoInstances.cached(path)
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        self.instances()
 
     def load_image(self, image_id: int, where: str) -> tuple[StoredImage, dict[str, Any]]:
         info = self.instances().images.get(int(image_id))
@@ -144,7 +167,7 @@ class _ReferBase(BaseReader):
         names = [info.get("file_name") or "", f"{int(image_id):012d}.jpg"]
         for name in names:
             if name and (self.images / name).exists():
-                image = read_image(self.images, name, max_pixels=self.max_pixels)
+                image = read_image(self.images, name, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
                 break
         else:
             raise RejectError("image_missing", f"{where}: none of {[n for n in names if n]} exists in {self.images}")
@@ -171,11 +194,27 @@ class _ReferBase(BaseReader):
         path = self.refs_path
         refs = self._load_refs(path)
         if not isinstance(refs, list):
-            raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
-        return [r for r in refs if isinstance(r, dict) and r.get("split") == self.split]
+            raise SourceError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+        # Entries that belong to no split (not a dict, or a split the spec does not know) are rejects of the
+        # variant's first split, so that every entry of the file is counted exactly once across its splits.
+        splits = self.source_spec().splits(self.variant)
+        records: list[dict[str, Any]] = []
+        for position, ref in enumerate(refs):
+            if isinstance(ref, dict) and ref.get("split") == self.split:
+                records.append(ref)
+            elif self.split == splits[0] and not (isinstance(ref, dict) and ref.get("split") in splits):
+                got = f"split {ref.get('split')!r}" if isinstance(ref, dict) else f"a {type(ref).__name__}"
+                records.append({_INVALID: f"entry {position} is {got}; expected a dict with split in {splits}",
+                                "ref_id": f"entry{position}"})
+        return records
 
     def location(self, index: int, record: dict[str, Any]) -> str:
         return f"{self.refs_path}#ref_id={record.get('ref_id')}"
+
+    def read(self, index: int, record: dict[str, Any]) -> Sample | Reject:
+        if _INVALID in record:
+            return Reject(self.location(index, record), "annotation_invalid", record[_INVALID])
+        return super().read(index, record)
 
 
 class RefCocoReader(_ReferBase):

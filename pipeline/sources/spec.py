@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data_specs import spec_path as _spec_file
 from pipeline.schema import load_schemas
 
-SOURCES_SPEC_DIR = Path(__file__).resolve().parents[2] / "data_specs" / "sources"
+SOURCES_SPEC_DIR = _spec_file("sources")
 
 
 class SourceSpec(BaseModel):

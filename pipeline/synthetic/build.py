@@ -1,12 +1,16 @@
 """The synthetic build, end to end, without Prefect (the flow and the CLI call these).
 
-1. `plan_build`: the cheap stages over the input images, in a seeded order, until every scenario's quota
-   is met: leakage guard → scene analysis → scenario selection → operation and instructions. The jobs and
-   the drops go to ``plan.json`` (written once; a rerun with the same parameters reuses it).
-2. `build_shard`: shard i takes plan entries [i·shard_size, (i+1)·shard_size) through paraphrase → masks →
-   mask area → editor → quality filters → samples, written by the shared atomic writer (skipped when its
-   completion marker exists, so a killed build resumes where it stopped and gives the same bytes).
+1. `plan_build`: the cheap stages (`plan_stages`) over the input images, in a seeded order, until every
+   scenario's quota is met: leakage guard → scene analysis → scenario selection → operation and
+   instructions. The jobs and the drops go to ``plan.json`` (written once; a rerun with the same
+   parameters reuses it).
+2. `build_shard`: shard i takes plan entries [i·shard_size, (i+1)·shard_size) through `shard_stages`
+   (paraphrase → load → masks → mask area → editor → quality filters → encode), written by the shared
+   atomic writer (skipped when its completion marker exists, so a killed build resumes where it stopped
+   and gives the same bytes).
 3. `finalize_build`: manifest (with per-stage yields), SmartEdit JSON export, contact sheet, data card.
+
+Both pipelines are lists of `pipeline.synthetic.stages` stages; their names key the yields table.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import functools
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +33,19 @@ from pipeline.provenance import Provenance, spec_hash
 from pipeline.records import Reject, Sample
 from pipeline.synthetic.colour_naming import load_colour_table
 from pipeline.synthetic.config import REASON_EDIT_FOLDERS, SCENARIOS, SyntheticConfig
-from pipeline.synthetic.editors import InpaintEditor, LabEditor, apply_edits
-from pipeline.synthetic.filters import filter_edits, filter_mask_area
-from pipeline.synthetic.instructions import EditJob, load_templates, plan_edits
+from pipeline.synthetic.editors import ApplyEdits, InpaintEditor, LabEditor
+from pipeline.synthetic.filters import quality_filters
+from pipeline.synthetic.instructions import EditJob, PlanEdits, load_templates
 from pipeline.synthetic.knowledge import load_knowledge
-from pipeline.synthetic.leakage import guard_leakage, load_eval_hashes
-from pipeline.synthetic.masks import SamMasker, load_sam, refine_masks
-from pipeline.synthetic.pair import EditPair, load_pairs
-from pipeline.synthetic.paraphrase import LlmParaphraser, add_paraphrases
-from pipeline.synthetic.scenarios import Quota, scenario_rng, select_targets
-from pipeline.synthetic.scene import CocoSplit, analyse_scenes, load_index, resolve_inputs
+from pipeline.synthetic.leakage import EvalHashes, LeakageGuard, load_eval_hashes
+from pipeline.synthetic.mask_area import MaskAreaFilter
+from pipeline.synthetic.masks import RefineMasks, SamMasker, load_sam
+from pipeline.synthetic.pair import EditPair, LoadPairs
+from pipeline.synthetic.paraphrase import AddParaphrases, LlmParaphraser
+from pipeline.synthetic.scenarios import Quota, ScenarioSelection, scenario_rng
+from pipeline.synthetic.scene import CocoIndex, CocoSplit, SceneAnalysis, load_index, resolve_inputs
+from pipeline.synthetic.verify import EditVerifier, VerifyEdits
+from pipeline.synthetic.stages import MapStage, Stage, StageStats, run_stages, stage_names
 from pipeline.synthetic.shard_scenes import is_shard_input, materialise_shard_scenes
 from pipeline.writer import atomic_write_text, write_shard
 
@@ -47,8 +54,7 @@ log = logging.getLogger(__name__)
 PLAN_NAME = "plan.json"
 SHARD_SCENES_DIR = "input_scenes"  # shard input written out as COCO files (see shard_scenes.py)
 DATASET_NAME = "synthetic"
-PLAN_STAGES = ("leakage_guard", "scene_analysis", "scenario_selection", "instructions")
-SHARD_STAGES = ("paraphrase", "load", "masks", "mask_area", "editor", "quality_filters")
+NEGATIVES_DIR = "negatives"  # failed candidates, labelled with the verifier's reason (own shards and manifest)
 
 
 class BuildInputs(BaseModel):
@@ -69,32 +75,14 @@ class BuildInputs(BaseModel):
     images: str | None = None
     splits: list[str] = Field(default_factory=list)
     scenes: str | None = None
-
-
-class StageCounter:
-    """Items in and out of each stage (Rejects passing through are not counted): the per-stage yields."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, dict[str, int]] = {}
-
-    def wrap(self, name: str, stage: Callable[..., Iterator], items: Iterable, *args, **kwargs) -> Iterator:
-        counts = self.counts.setdefault(name, {"in": 0, "out": 0})
-
-        def counted(source: Iterable) -> Iterator:
-            for item in source:
-                if not isinstance(item, Reject):
-                    counts["in"] += 1
-                yield item
-
-        for item in stage(counted(items), *args, **kwargs):
-            if not isinstance(item, Reject):
-                counts["out"] += 1
-            yield item
+    stuff: str | None = None
+    """COCO-Stuff root (``stuffthingmaps_trainval2017/<split>/*.png``, ``labels.txt``): its mirror-stuff regions
+    are mirrors (real COCO has no mirror annotations)."""
 
 
 def build_spec(cfg: SyntheticConfig, inputs: BuildInputs) -> dict[str, Any]:
-    # Unset `scenes` stays out of the spec so builds planned before the field existed keep their hash.
-    unset = {"scenes"} if inputs.scenes is None else None
+    # Unset `scenes` / `stuff` stay out of the spec so builds planned before the fields existed keep their hash.
+    unset = {k for k in ("scenes", "stuff") if getattr(inputs, k) is None} or None
     return {"config": cfg.model_dump(mode="json"), "inputs": inputs.model_dump(mode="json", exclude=unset)}
 
 
@@ -121,6 +109,18 @@ def scene_sources(inputs: BuildInputs, output: Path) -> tuple[list[CocoSplit], P
     return splits, explicit, counts
 
 
+def plan_stages(cfg: SyntheticConfig, indexes: dict[str, CocoIndex], hashes: EvalHashes, quota: Quota,
+                stuff: str | None = None) -> list[Stage]:
+    """The planning pipeline: cheap stages over image records, in order."""
+    knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
+    return [
+        LeakageGuard(hashes, cfg.phash_max_distance),
+        SceneAnalysis(indexes, colours, cfg.colour_min_share, stuff),
+        ScenarioSelection(cfg, knowledge, quota),
+        PlanEdits(cfg, knowledge, colours, templates),
+    ]
+
+
 def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) -> dict[str, Any]:
     """Write (or reuse) ``output/plan.json``: the ordered jobs and planning drops; returns it."""
     output = Path(output)
@@ -133,6 +133,9 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
             raise ValueError(f"{path}: planned with other parameters (spec_hash {plan.get('spec_hash', '?')[:12]} "
                              f"≠ {digest[:12]}); use a new output directory or delete it to rebuild")
         return plan
+    if cfg.leakage_guard and not cfg.eval_sets:
+        raise ValueError("eval_sets: empty while leakage_guard is on; name the evaluation sets to keep out (Reason-Edit "
+                         "directory, MagicBrush test directory or parquet: --eval-set DIR) or set leakage_guard=False")
     splits, scenes, shard_counts = scene_sources(inputs, output)
     mirror = tuple(cfg.mirror_categories)
     indexes = {str(s.annotations): load_index(str(s.annotations), str(s.images), s.split, mirror,
@@ -140,27 +143,32 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
     records = [r for index in indexes.values() for r in index.records()]
     order = scenario_rng(cfg.seed, "image-order").permutation(len(records))
     ordered = [records[i] for i in order]
-    hashes = load_eval_hashes(tuple(cfg.eval_sets))
-    knowledge, colours, templates = load_knowledge(), load_colour_table(), load_templates()
     quota = Quota({s: int(cfg.scenarios.get(s, 0)) for s in SCENARIOS})
 
-    counter = StageCounter()
-    items: Iterator = counter.wrap("leakage_guard", guard_leakage, ordered, hashes, cfg.phash_max_distance)
-    items = counter.wrap("scene_analysis", analyse_scenes, items, indexes, colours, cfg.colour_min_share)
-    items = counter.wrap("scenario_selection", select_targets, items, cfg, knowledge, quota)
-    items = counter.wrap("instructions", plan_edits, items, cfg, knowledge, colours, templates)
+    yields: dict[str, StageStats] = {}
+    stages = plan_stages(cfg, indexes, load_eval_hashes(tuple(cfg.eval_sets)), quota, inputs.stuff)
+    items = run_stages(stages, ordered, yields)
     entries = [{"reject": it.to_json()} if isinstance(it, Reject) else {"job": it.to_json()} for it in items]
+    notes = []
+    mirror_sources = [n for n, on in (("scenes.json mirrors", scenes), ("COCO-Stuff mirror-stuff", inputs.stuff),
+                                      (f"annotation categories {cfg.mirror_categories}", True)) if on]
+    if cfg.scenarios.get("mirror", 0) and not (scenes or inputs.stuff):
+        notes.append("mirror: no scenes.json and no COCO-Stuff maps (--stuff); COCO annotates no mirror, so only "
+                     f"annotation categories {cfg.mirror_categories} can mark mirrors and reflections may pass for "
+                     "ordinary objects")
+    if cfg.scenarios.get("mirror", 0) and not quota.taken.get("mirror"):
+        notes.append("mirror: no pair planned: no mirror region holding exactly one object of a category was found")
     plan = {
-        "spec_hash": digest, "spec": spec, "scenes_json": str(scenes) if scenes else None,
+        "spec_hash": digest, "notes": notes, "mirror_sources": mirror_sources, "spec": spec, "scenes_json": str(scenes) if scenes else None,
         "sources": [str(s.annotations) for s in splits], "images_available": len(records),
-        "entries": entries, "yields": counter.counts, "planned_by_scenario": quota.taken,
+        "entries": entries, "yields": yields, "stages": stage_names(stages), "planned_by_scenario": quota.taken,
     }
     if shard_counts is not None:
         plan["shard_input"] = shard_counts
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=1, ensure_ascii=False))
     log.info("planned %d jobs (%s) from %d images", sum(quota.taken.values()), quota.taken,
-             counter.counts.get("leakage_guard", {}).get("in", 0))
+             yields["leakage_guard"]["in"])
     return plan
 
 
@@ -174,6 +182,7 @@ class Models:
     editor: LabEditor | InpaintEditor
     clip: Any
     paraphraser: LlmParaphraser | None
+    detector: Any = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -186,18 +195,25 @@ def _load_models(models_json: str) -> Models:
         sam = load_sam(cfg.sam_type, cfg.sam_checkpoint, cfg.sam_arch, cfg.device)
         arch = "custom" if cfg.sam_arch else cfg.sam_type
         masker = SamMasker(sam, f"sam-{arch}:{Path(cfg.sam_checkpoint).name}")
+    lab = LabEditor(colours, cfg.removal, cfg.remove_dilate_px, cfg.best_of, cfg.feather_px)
     if cfg.inpaint_dir:
-        editor: LabEditor | InpaintEditor = InpaintEditor(cfg.inpaint_dir, colours, cfg.device, cfg.inpaint_resolution,
-                                                          cfg.inpaint_steps, cfg.guidance_scale, cfg.recolour_with)
+        editor: LabEditor | InpaintEditor = InpaintEditor(
+            cfg.inpaint_dir, colours, cfg.device, cfg.inpaint_resolution, cfg.inpaint_steps, cfg.guidance_scale,
+            cfg.recolour_with, cfg.best_of, cfg.feather_px, cfg.batch_size, lab)
     else:
-        editor = LabEditor(colours)
+        editor = lab
     clip = None
     if cfg.clip_dir:
         from pipeline.synthetic.clip_direction import ClipDirection
 
         clip = ClipDirection(cfg.clip_dir, cfg.device)
     paraphraser = LlmParaphraser(cfg.llm_dir, cfg.device, cfg.llm_max_new_tokens) if cfg.llm_dir else None
-    return Models(masker, editor, clip, paraphraser)
+    detector = None
+    if cfg.detector_dir:
+        from pipeline.synthetic.detector import OpenVocabDetector
+
+        detector = OpenVocabDetector(cfg.detector_dir, cfg.device)
+    return Models(masker, editor, clip, paraphraser, detector)
 
 
 def load_models(cfg: SyntheticConfig) -> Models:
@@ -212,45 +228,69 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def to_samples(pairs: Iterable[EditPair | Reject], cfg: SyntheticConfig, kept: dict[str, dict[str, int]],
-               llm_id: str | None = None) -> Iterator[Sample | Reject]:
+def pair_meta(pair: EditPair, cfg: SyntheticConfig, llm_id: str | None) -> dict[str, Any]:
+    """The json member of a pair's sample (kept pairs and labelled negatives alike)."""
+    job = pair.job
+    return {
+        "kind": "edit_pair", "source": "synthetic", "split": job.split,
+        "source_id": f"{job.split}/{job.file_name}#{job.target['ann_id']}",
+        "instruction": job.instructions[0], "instructions": list(job.instructions),
+        "scenario": job.scenario, "reason_edit_category": REASON_EDIT_FOLDERS[job.scenario],
+        "operation": job.operation, "referent": job.referent, "selector": job.selector, "target": job.target,
+        "new_object": job.new_object, "new_colour": job.new_colour, "target_description": job.target_description,
+        "prompt": job.prompt, "llm_paraphrases": list(job.paraphrased_by_llm),
+        "seeds": {"build": cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
+        "models": {"editor": pair.models.get("editor"), "sam": pair.models.get("sam"),
+                   "inpaint": pair.models.get("inpaint"), "clip": pair.models.get("clip"),
+                   "llm": llm_id},
+        "scores": pair.scores, "image_size": [job.width, job.height],
+    }
+
+
+def _pair_files(source: np.ndarray, target: np.ndarray, edit_mask: np.ndarray) -> dict[str, bytes]:
+    return {"src.png": _png(source), "tgt.png": _png(target), "mask.png": _png(edit_mask.astype(np.uint8) * 255)}
+
+
+class ToSamples(MapStage):
     """EditPair → edit_pair Sample (src.png, tgt.png, mask.png = the edit mask, json); counts kept pairs."""
-    for pair in pairs:
-        if isinstance(pair, Reject):
-            yield pair
-            continue
-        job = pair.job
-        meta = {
-            "kind": "edit_pair", "source": "synthetic", "split": job.split,
-            "source_id": f"{job.split}/{job.file_name}#{job.target['ann_id']}",
-            "instruction": job.instructions[0], "instructions": list(job.instructions),
-            "scenario": job.scenario, "reason_edit_category": REASON_EDIT_FOLDERS[job.scenario],
-            "operation": job.operation, "referent": job.referent, "selector": job.selector, "target": job.target,
-            "new_object": job.new_object, "new_colour": job.new_colour, "target_description": job.target_description,
-            "prompt": job.prompt, "llm_paraphrases": list(job.paraphrased_by_llm),
-            "seeds": {"build": cfg.seed, "pair": job.seed}, "mask_source": pair.mask_source,
-            "models": {"editor": pair.models.get("editor"), "sam": pair.models.get("sam"),
-                       "inpaint": pair.models.get("inpaint"), "clip": pair.models.get("clip"),
-                       "llm": llm_id},
-            "scores": pair.scores, "image_size": [job.width, job.height],
-        }
+
+    name = "encode"
+
+    def __init__(self, cfg: SyntheticConfig, kept: dict[str, dict[str, int]], llm_id: str | None = None):
+        self.cfg, self.kept, self.llm_id = cfg, kept, llm_id
+
+    def map(self, pair: EditPair) -> Sample:
+        job, kept = pair.job, self.kept
         kept["scenario"][job.scenario] = kept["scenario"].get(job.scenario, 0) + 1
         kept["operation"][job.operation] = kept["operation"].get(job.operation, 0) + 1
-        yield Sample(job.key, meta, {"src.png": _png(pair.source), "tgt.png": _png(pair.target),
-                                     "mask.png": _png(pair.edit_mask.astype(np.uint8) * 255)})
+        return Sample(job.key, pair_meta(pair, self.cfg, self.llm_id), _pair_files(pair.source, pair.target, pair.edit_mask))
 
 
-def shard_items(entries: list[dict[str, Any]], cfg: SyntheticConfig, models: Models, scenes_json: str | None,
-                counter: StageCounter, kept: dict[str, dict[str, int]]) -> Iterator[Sample | Reject]:
-    """The per-shard stages over planned entries (jobs and planning drops, in plan order)."""
-    jobs = (Reject(**e["reject"]) if "reject" in e else EditJob.from_json(e["job"]) for e in entries)
-    items: Iterator = counter.wrap("paraphrase", add_paraphrases, jobs, models.paraphraser, load_templates())
-    items = counter.wrap("load", load_pairs, items, tuple(cfg.mirror_categories), scenes_json)
-    items = counter.wrap("masks", refine_masks, items, models.masker, cfg.sam_min_iou, cfg.dilate_px)
-    items = counter.wrap("mask_area", filter_mask_area, items, cfg)
-    items = counter.wrap("editor", apply_edits, items, models.editor, cfg.batch_size)
-    items = counter.wrap("quality_filters", filter_edits, items, cfg, models.clip)
-    return to_samples(items, cfg, kept, models.paraphraser.model_id if models.paraphraser else None)
+def negative_samples(negatives: list, cfg: SyntheticConfig, llm_id: str | None) -> Iterator[Sample]:
+    """Failed candidates as labelled edit pairs (``negative: true`` and the verifier's reason): preference data."""
+    counts: dict[str, int] = {}
+    for pair, cand, reason, detail in negatives:
+        n = counts[pair.job.key] = counts.get(pair.job.key, 0) + 1
+        meta = pair_meta(pair, cfg, llm_id)
+        meta.update(source="synthetic-negative", negative=True, reason=reason, detail=detail,
+                    scores=cand.scores, candidate=cand.method + (f"-seed{cand.seed}" if cand.seed is not None else ""))
+        yield Sample(f"{pair.job.key}-neg{n}", meta, _pair_files(pair.source, cand.target, cand.edit_mask))
+
+
+def shard_stages(cfg: SyntheticConfig, models: Models, scenes_json: str | None,
+                 kept: dict[str, dict[str, int]]) -> list[Stage]:
+    """The per-shard pipeline over planned jobs, in order (its names key the yields table)."""
+    return [
+        AddParaphrases(models.paraphraser, load_templates()),
+        LoadPairs(tuple(cfg.mirror_categories), scenes_json),
+        RefineMasks(models.masker, cfg.sam_min_iou, cfg.dilate_px, cfg.remove_dilate_px, cfg.replace_mask == "box",
+                    max(cfg.batch_size, 8)),
+        MaskAreaFilter(cfg),
+        ApplyEdits(models.editor, cfg.batch_size),
+        VerifyEdits(EditVerifier(cfg, load_colour_table(), models.detector, models.clip) if cfg.verify else None),
+        *quality_filters(cfg, models.clip),
+        ToSamples(cfg, kept, models.paraphraser.model_id if models.paraphraser else None),
+    ]
 
 
 def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> dict[str, Any]:
@@ -258,14 +298,24 @@ def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> d
     output = Path(output)
     plan = json.loads(plan_path(output).read_text())
     shard = shard_plans(plan, cfg)[shard_index]
-    counter, kept = StageCounter(), {"scenario": {}, "operation": {}}
+    yields: dict[str, StageStats] = {}
+    kept: dict[str, dict[str, int]] = {"scenario": {}, "operation": {}}
     # The writer serialises `extra` after consuming the items, so the counters filled meanwhile are recorded.
-    extra = {"yields": counter.counts, "kept_by_scenario": kept["scenario"], "kept_by_operation": kept["operation"]}
+    extra: dict[str, Any] = {"yields": yields, "kept_by_scenario": kept["scenario"], "kept_by_operation": kept["operation"]}
 
     def items() -> Iterator[Sample | Reject]:
         models = load_models(cfg)  # runs only when the shard is not already complete
         entries = plan["entries"][shard.start:shard.stop]
-        yield from shard_items(entries, cfg, models, plan.get("scenes_json"), counter, kept)
+        jobs = (Reject(**e["reject"]) if "reject" in e else EditJob.from_json(e["job"]) for e in entries)
+        stages = shard_stages(cfg, models, plan.get("scenes_json"), kept)
+        extra["stages"] = stage_names(stages)  # JSON keys are sorted on disk: the order is kept here
+        yield from run_stages(stages, jobs, yields)
+        # Written before this shard's completion marker, so a rerun never finds the shard done and its
+        # negatives missing.
+        verify = next(s for s in stages if isinstance(s, VerifyEdits))
+        llm_id = models.paraphraser.model_id if models.paraphraser else None
+        neg = write_shard(output / NEGATIVES_DIR / shard.name, negative_samples(verify.negatives, cfg, llm_id))
+        extra["negatives"] = neg.nsamples
 
     stats = write_shard(output / shard.name, items(), extra=extra)
     return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "sha256": stats.sha256}
@@ -275,7 +325,7 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
                    export: bool = True) -> dict[str, Any]:
     """Manifest with yields, SmartEdit JSON export, contact sheet and data card; returns paths and counts."""
     from pipeline.synthetic.contact_sheet import contact_sheet
-    from pipeline.synthetic.data_card import data_card, merge_yields
+    from pipeline.synthetic.data_card import merge_yields, refresh_data_card
     from pipeline.synthetic.export import export_smartedit_json
     from pipeline.writer import ShardStats, stats_path
 
@@ -283,7 +333,8 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
     plan = json.loads(plan_path(output).read_text())
     shards = shard_plans(plan, cfg)
     stats = [ShardStats.load(stats_path(output / s.name)) for s in shards if stats_path(output / s.name).exists()]
-    yields = merge_yields([plan["yields"]] + [s.extra.get("yields", {}) for s in stats], PLAN_STAGES + SHARD_STAGES)
+    order = plan.get("stages", []) + next((s.extra["stages"] for s in stats if "stages" in s.extra), [])
+    yields = merge_yields([plan["yields"]] + [s.extra.get("yields", {}) for s in stats], order)
     kept_scenario: dict[str, int] = {}
     kept_operation: dict[str, int] = {}
     for s in stats:
@@ -300,13 +351,19 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
                               "shards": len(shards), "kept": index["counts"]["kept"],
                               "rejected": index["counts"]["rejected"], "kept_by_scenario": kept_scenario,
                               "yields": yields}
+    neg_dir = output / NEGATIVES_DIR
+    neg_shards = [s.name for s in shards if stats_path(neg_dir / s.name).exists()]
+    if neg_shards:
+        negatives = finalize_dataset(neg_dir, name=f"{DATASET_NAME}-negatives", shard_names=neg_shards,
+                                     provenance=Provenance.now("synthetic", plan["spec"]))
+        result["negatives"] = negatives["counts"]["kept"]
+        result["negatives_manifest"] = str(neg_dir / "shardindex.json")
     if index["counts"]["kept"]:
         if export:
             result["smartedit_json"] = str(export_smartedit_json(output, output / "smartedit_json"))
         result["contact_sheet"] = str(contact_sheet(output, output / "contact_sheet.png", n=sheet_pairs))
-    card = output / "DATA_CARD.md"
-    atomic_write_text(card, data_card(index, plan, yields, kept_scenario, kept_operation))
-    result["data_card"] = str(card)
+    refresh_data_card(output)  # includes calibration.json when the pairs were labelled
+    result["data_card"] = str(output / "DATA_CARD.md")
     return result
 
 

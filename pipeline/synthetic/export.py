@@ -5,54 +5,24 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import INDEX_NAME
-
-
-def shard_files(path: Path | str) -> list[Path]:
-    """A .tar shard, a dataset directory / shardindex.json (its shards in index order), or a folder of shards."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".tar":
-        return [path]
-    index = path if path.is_file() else path / INDEX_NAME
-    if index.is_file():
-        doc = json.loads(index.read_text())
-        return [index.parent / s["url"] for s in doc.get("shardlist", [])]
-    if path.is_dir():
-        shards = sorted(path.glob("*.tar"))
-        if shards:
-            return shards
-    raise FileNotFoundError(f"{path}: no .tar shard, shardindex.json or folder of .tar shards")
+from pipeline.shards import iter_samples
 
 
 def read_samples(path: Path | str, limit: int | None = None) -> Iterator[tuple[str, dict[str, Any], dict[str, bytes]]]:
-    """(key, json meta, members) per sample, in shard order; members are raw bytes keyed by extension."""
-    count = 0
-    for shard in shard_files(path):
-        with tarfile.open(shard) as tar:
-            key, files = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = Path(member.name).name
-                k, _, ext = base.partition(".")
-                if key is not None and k != key:
-                    yield key, json.loads(files.pop("json", b"{}")), files
-                    count += 1
-                    if limit is not None and count >= limit:
-                        return
-                    files = {}
-                key = k
-                files[ext] = tar.extractfile(member).read()
-            if key is not None:
-                yield key, json.loads(files.pop("json", b"{}")), files
-                count += 1
-                if limit is not None and count >= limit:
-                    return
+    """(key, json meta, members) per sample, in shard order; members are raw bytes keyed by extension.
+
+    ``path``: a .tar shard, a dataset directory / shardindex.json (its shards in index order), or a folder of
+    shards — read through the shard contract (`pipeline.shards.iter_samples`).
+    """
+    for count, raw in enumerate(iter_samples(path)):
+        if limit is not None and count >= limit:
+            return
+        files = {k: v for k, v in raw.items() if not k.startswith("__")}
+        yield raw["__key__"], json.loads(files.pop("json", b"{}")), files
 
 
 def _member(files: dict[str, bytes], prefix: str) -> tuple[str, bytes] | None:

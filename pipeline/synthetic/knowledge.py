@@ -11,6 +11,7 @@ import yaml
 from pipeline.schema import SPECS_DIR
 
 KNOWLEDGE_PATH = SPECS_DIR / "knowledge.yaml"
+SWAPS_PATH = SPECS_DIR / "replace_swaps.yaml"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,12 @@ class Knowledge:
     categories: dict[str, tuple[str, ...]]  # category → world-knowledge descriptions
     kind_of: dict[str, str]  # category → kind name
     kinds: dict[str, Kind]
+    confusable: dict[str, frozenset[str]] = None  # category → other categories its descriptions may also fit
+    questions: dict[str, tuple[str, ...]] = None  # category → Reason-Edit-style questions it answers
+
+    def fits(self, category: str) -> frozenset[str]:
+        """Categories a knowledge description of ``category`` may refer to (itself included)."""
+        return (self.confusable or {}).get(category, frozenset()) | {category}
 
     def descriptions(self, category: str) -> tuple[str, ...]:
         if category not in self.categories:
@@ -59,4 +66,33 @@ def load_knowledge(path: Path = KNOWLEDGE_PATH) -> Knowledge:
             raise ValueError(f"{path}: categories.{name}.kind is {spec.get('kind')!r}; expected one of {sorted(kinds)}")
         categories[name] = descriptions
         kind_of[name] = spec["kind"]
-    return Knowledge(categories, kind_of, kinds)
+    confusable: dict[str, set[str]] = {}
+    for i, group in enumerate(doc.get("confusable") or ()):
+        unknown = [c for c in group if c not in categories]
+        if unknown:
+            raise ValueError(f"{path}: confusable[{i}] names unknown categories {unknown}")
+        for c in group:
+            confusable.setdefault(c, set()).update(g for g in group if g != c)
+    questions = {}
+    for name, items in (doc.get("questions") or {}).items():
+        if name not in categories:
+            raise ValueError(f"{path}: questions.{name}: unknown category; add it under categories first")
+        if not items or not all(isinstance(q, str) and q.rstrip().endswith("?") for q in items):
+            raise ValueError(f"{path}: questions.{name} must be a list of questions ending with '?'")
+        questions[name] = tuple(items)
+    return Knowledge(categories, kind_of, kinds, {c: frozenset(v) for c, v in confusable.items()}, questions)
+
+
+@functools.cache
+def load_swaps(path: Path = SWAPS_PATH) -> dict[str, tuple[str, ...]]:
+    """COCO category → plausible objects of other categories to replace it with (data_specs/replace_swaps.yaml)."""
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    knowledge = load_knowledge()
+    swaps = {}
+    for name, items in (doc.get("swaps") or {}).items():
+        if name not in knowledge.categories:
+            raise ValueError(f"{path}: swaps.{name}: not a category of {KNOWLEDGE_PATH}; use the COCO category name")
+        if not items or name in items:
+            raise ValueError(f"{path}: swaps.{name} must list other objects, got {items!r}")
+        swaps[name] = tuple(items)
+    return swaps

@@ -9,7 +9,7 @@ reason; where it does not apply (no two objects of a category, no mirror) nothin
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,7 +18,10 @@ import numpy as np
 from pipeline.records import Reject
 from pipeline.synthetic.config import SCENARIOS, SyntheticConfig
 from pipeline.synthetic.knowledge import Knowledge
+from pipeline.synthetic.mask_area import mask_area_reject
+from pipeline.synthetic.referents import ambiguous_referent
 from pipeline.synthetic.scene import Scene, SceneObject
+from pipeline.synthetic.stages import Stage
 
 
 def derived_seed(seed: int, *parts: object) -> int:
@@ -74,14 +77,22 @@ def _gap(scene: Scene, ordered: list[SceneObject], idx: int) -> float:
     return min(gaps) / scene.record.width
 
 
-def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def _duplicate(where: str) -> Reject:
+    return Reject(where, "duplicate_target", "every object this scenario could pick is already the target of another "
+                                             "pair of this image (one pair per object)")
+
+
+def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 2, rng)
     if category is None:
         return None
     ordered = sorted(groups[category], key=lambda o: o.centroid[0])
-    options = ["left", "right"] + (["middle"] if len(ordered) == 3 else [])
+    at = {"left": 0, "right": len(ordered) - 1, "middle": 1}
+    options = [p for p in ["left", "right"] + (["middle"] if len(ordered) == 3 else []) if ordered[at[p]].ann_id not in edited]
+    if not options:
+        return _duplicate(where)
     position = str(rng.choice(options))
-    idx = {"left": 0, "right": len(ordered) - 1, "middle": 1}[position]
+    idx = at[position]
     gap = _gap(scene, ordered, idx)
     if gap < cfg.position_margin:
         return Reject(where, "ambiguous_position", f"the {position} {category} is only {gap:.3f} of the width "
@@ -89,12 +100,15 @@ def pick_left_right(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str)
     return ordered[idx], {"position": position}
 
 
-def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 2, rng)
     if category is None:
         return None
     ordered = sorted(groups[category], key=lambda o: -o.area)
-    big = str(rng.choice(["large", "small"])) == "large"
+    options = [s for s, o in (("large", ordered[0]), ("small", ordered[-1])) if o.ann_id not in edited]
+    if not options:
+        return _duplicate(where)
+    big = str(rng.choice(options)) == "large"
     target, runner_up = (ordered[0], ordered[1]) if big else (ordered[-1], ordered[-2])
     ratio = max(target.area, runner_up.area) / max(1, min(target.area, runner_up.area))
     if ratio < cfg.size_ratio:
@@ -104,7 +118,7 @@ def pick_relative_size(scene: Scene, groups, rng, cfg: SyntheticConfig, where: s
     return target, {"size": word, "area_ratio": round(ratio, 3)}
 
 
-def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 2, rng)
     if category is None:
         return None
@@ -115,11 +129,14 @@ def pick_colour(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> 
     unique = [o for o in objs if names.count(o.colour) == 1]
     if not unique:
         return Reject(where, "colours_not_distinct", f"the {category}s share their colours: {sorted(names)}")
+    unique = [o for o in unique if o.ann_id not in edited]
+    if not unique:
+        return _duplicate(where)
     target = unique[int(rng.integers(len(unique)))]
     return target, {"colour": target.colour}
 
 
-def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     if not scene.mirrors:
         return None
     reflected: dict[str, list[SceneObject]] = {}
@@ -131,16 +148,22 @@ def pick_mirror(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> 
     single = sorted(c for c, objs in reflected.items() if len(objs) == 1)
     if not single:
         return Reject(where, "ambiguous_mirror", f"several reflected objects per category: {sorted(reflected)}")
+    single = [c for c in single if reflected[c][0].ann_id not in edited]
+    if not single:
+        return _duplicate(where)
     return reflected[str(rng.choice(single))][0], {"mirror": True}
 
 
-def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -> Picked:
+def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str, edited=frozenset()) -> Picked:
     category = _pick_category(groups, 3, rng)
     if category is None:
         return None
     ordered = sorted(groups[category], key=lambda o: o.centroid[0])
     n = len(ordered)
-    idx = int(rng.integers(n))
+    free = [i for i, o in enumerate(ordered) if o.ann_id not in edited]
+    if not free:
+        return _duplicate(where)
+    idx = free[int(rng.integers(len(free)))]
     gap = _gap(scene, ordered, idx)
     if gap < cfg.position_margin:
         return Reject(where, "ambiguous_position", f"{category} #{idx + 1} of {n} is only {gap:.3f} of the width "
@@ -150,7 +173,7 @@ def pick_multiple(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str) -
 
 
 def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str,
-                   knowledge: Knowledge | None = None) -> Picked:
+                   knowledge: Knowledge | None = None, edited=frozenset()) -> Picked:
     counts: dict[str, int] = {}
     for obj in scene.objects:  # reflections count: "the pet that purrs" must have one answer
         counts[obj.category] = counts.get(obj.category, 0) + 1
@@ -159,6 +182,9 @@ def pick_reasoning(scene: Scene, groups, rng, cfg: SyntheticConfig, where: str,
                     if n == 1 and c not in crowded and knowledge is not None and c in knowledge.categories)
     if not single:
         return Reject(where, "reasoning_ambiguous", f"no category appears exactly once with knowledge: {counts}")
+    single = [c for c in single if next(o for o in scene.objects if o.category == c).ann_id not in edited]
+    if not single:
+        return _duplicate(where)
     category = str(rng.choice(single))
     target = next(o for o in scene.objects if o.category == category)
     return target, {"knowledge": category}
@@ -170,23 +196,32 @@ PICKERS: dict[str, Callable[..., Picked]] = {
 }
 
 
-def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowledge: Knowledge,
-                   quota: Quota) -> Iterator[EditCandidate | Reject]:
+class ScenarioSelection(Stage):
     """Scene → at most one candidate per open scenario; stops reading scenes when every quota is met."""
-    for scene in scenes:
-        if isinstance(scene, Reject):
-            yield scene
-            continue
+
+    name = "scenario_selection"
+    fan_out = True
+
+    def __init__(self, cfg: SyntheticConfig, knowledge: Knowledge, quota: Quota):
+        self.cfg, self.knowledge, self.quota = cfg, knowledge, quota
+
+    def exhausted(self) -> bool:
+        return self.quota.full()
+
+    def process(self, scene: Scene) -> Iterator[EditCandidate | Reject]:
+        cfg, knowledge, quota = self.cfg, self.knowledge, self.quota
         crowded = scene.crowded()
         groups = {c: objs for c, objs in scene.by_category().items()
                   if c not in crowded and c in knowledge.categories}
+        edited: dict[int, str] = {}  # ann_id → the scenario that already edits it (one pair per object)
         for scenario in SCENARIOS:
             if not quota.open(scenario):
                 continue
             where = f"{scene.record.location}:{scenario}"
             rng = scenario_rng(cfg.seed, scene.record.location, scenario)
             kwargs = {"knowledge": knowledge} if scenario == "reasoning" else {}
-            picked = PICKERS[scenario](scene, groups, rng, cfg, where, **kwargs)
+            # one pair per object: the same object edited twice gives near-identical targets
+            picked = PICKERS[scenario](scene, groups, rng, cfg, where, edited=frozenset(edited), **kwargs)
             if picked is None:
                 continue
             if isinstance(picked, Reject):
@@ -195,11 +230,14 @@ def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowl
             target, selector = picked
             if target.category not in knowledge.categories:
                 continue  # no noun, descriptions or replacements for it (non-COCO category)
-            frac = target.area / (scene.record.width * scene.record.height)
-            if frac < cfg.mask_min_area or frac > cfg.mask_max_area:
-                reason = "mask_too_small" if frac < cfg.mask_min_area else "mask_too_large"
-                yield Reject(where, reason, f"target mask covers {frac:.4f} of the image, outside "
-                                            f"[{cfg.mask_min_area}, {cfg.mask_max_area}]")
+            ambiguous = ambiguous_referent(scene, scenario, target, selector, knowledge, cfg, where)
+            if ambiguous is not None:
+                yield ambiguous
+                continue
+            too_small_or_large = mask_area_reject(target.area / (scene.record.width * scene.record.height), cfg,
+                                                  where, "target mask")
+            if too_small_or_large is not None:
+                yield too_small_or_large
                 continue
             # "the left animal" only when no other category in view (in or out of the mirror) is an
             # animal; the catch-all noun "object" only when the target's category is all there is.
@@ -209,7 +247,6 @@ def select_targets(scenes: Iterable[Scene | Reject], cfg: SyntheticConfig, knowl
                            or knowledge.noun(o.category) == noun)]
             unique_kind = not rivals
             quota.take(scenario)
+            edited[target.ann_id] = scenario
             yield EditCandidate(scene, scenario, target, selector, unique_kind,
                                 sum(o.category == target.category for o in scene.objects))
-        if quota.full():
-            return

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.records import Reject
 from pipeline.synthetic.colour_naming import ColourTable
+from pipeline.synthetic.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 in the displayed orientation (EXIF Orientation applied; grayscale/CMYK → RGB).
 
     The sample data's COCO files give width/height and geometry in the displayed orientation, as
-    detectron2-style loaders read COCO; `analyse_scenes` checks the size against the annotation, so an
+    detectron2-style loaders read COCO; `SceneAnalysis` checks the size against the annotation, so an
     annotation file made on the stored grid of a rotated JPEG fails loudly (size_mismatch) instead of
     producing misplaced masks.
     """
@@ -201,32 +202,42 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
-def analyse_scenes(records: Iterable[ImageRecord | Reject], indexes: dict[str, CocoIndex], colours: ColourTable,
-                   colour_min_share: float) -> Iterator[Scene | Reject]:
+class SceneAnalysis(Stage):
     """ImageRecord → Scene (objects with masks measured and colours named), or a Reject.
 
-    indexes: annotation file path (str) → its CocoIndex.
+    indexes: annotation file path (str) → its CocoIndex. An annotation of an unknown category is a
+    Reject of its own while the scene goes on, so one record may give several items.
     """
-    for record in records:
-        if isinstance(record, Reject):
-            yield record
-            continue
-        index = indexes[str(record.annotations)]
+
+    name = "scene_analysis"
+    fan_out = True
+
+    def __init__(self, indexes: dict[str, CocoIndex], colours: ColourTable, colour_min_share: float,
+                 stuff_root: str | None = None):
+        self.indexes, self.colours, self.colour_min_share = indexes, colours, colour_min_share
+        self.stuff_root = stuff_root  # COCO-Stuff: mirror-stuff regions are mirrors (pipeline/synthetic/mirror_stuff.py)
+
+    def process(self, record: ImageRecord) -> Iterator[Scene | Reject]:
+        index = self.indexes[str(record.annotations)]
         if not record.path.exists():
             yield Reject(record.location, "image_missing", f"{record.path} not found")
-            continue
+            return
         try:
             rgb = read_rgb(record.path)
         except OSError as err:
             yield Reject(record.location, "image_unreadable", f"{record.path}: {err}")
-            continue
+            return
         if rgb.shape[:2] != (record.height, record.width):
             yield Reject(record.location, "size_mismatch",
                          f"{record.path} is {rgb.shape[1]}x{rgb.shape[0]}, annotations say {record.width}x{record.height}")
-            continue
+            return
         # A grayscale photo (COCO has some) shows no hue: naming colours there would call yellow "white".
         achromatic = int(np.ptp(rgb.astype(np.int16), axis=-1).max()) <= 2
         mirrors = list(index.gt_mirrors.get(record.file_name, ()))
+        if self.stuff_root:
+            from pipeline.synthetic.mirror_stuff import mirror_boxes
+
+            mirrors += mirror_boxes(self.stuff_root, record.split, record.file_name) or []
         objects = []
         for ann in sorted(index.anns.get(record.image_id, ()), key=lambda a: a["id"]):
             category = index.categories.get(ann["category_id"])
@@ -242,17 +253,17 @@ def analyse_scenes(records: Iterable[ImageRecord | Reject], indexes: dict[str, C
             if area == 0:
                 continue  # degenerate polygon: nothing to edit or to count
             ys, xs = np.nonzero(mask)
-            name, share = (None, 0.0) if achromatic else colours.name_pixels(rgb[mask])
+            name, share = (None, 0.0) if achromatic else self.colours.name_pixels(rgb[mask])
             objects.append(SceneObject(
                 ann_id=int(ann["id"]), category=category, category_id=int(ann["category_id"]),
                 bbox=tuple(float(v) for v in ann["bbox"]), area=area,
                 centroid=(float(xs.mean()), float(ys.mean())),
-                colour=name if name and share >= colour_min_share else None, colour_share=round(share, 4),
+                colour=name if name and share >= self.colour_min_share else None, colour_share=round(share, 4),
                 in_mirror=False, crowd=bool(ann.get("iscrowd", 0)),
             ))
         for obj in objects:
             obj.in_mirror = any(box_inside(obj.bbox, m) for m in mirrors)
         if not objects:
             yield Reject(record.location, "no_objects", "no annotated objects with a non-empty mask")
-            continue
+            return
         yield Scene(record, objects, mirrors)

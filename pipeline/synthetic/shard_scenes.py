@@ -17,7 +17,6 @@ Shards carry no mirror regions: pass a scenes.json (`BuildInputs.scenes`) or ref
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable
@@ -26,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.manifest import INDEX_NAME, WIDS_KIND, find_manifests, load_manifest
+from pipeline.shards import IMAGE_EXTENSIONS, INDEX_NAME, WIDS_KIND, decode_mask, find_manifests, image_member, iter_samples, load_manifest
 from pipeline.synthetic.scene import CocoSplit
+from pipeline.vocabulary import COCO_CATEGORIES
 from pipeline.writer import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 KIND = "referring_mask"
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 
 
 def is_shard_input(path: str | Path) -> bool:
@@ -77,14 +76,8 @@ def _referring_manifests(path: Path) -> list[Path]:
 
 
 def _read_samples(manifest: Path) -> Iterable[dict[str, Any]]:
-    """Raw samples of one dataset, in index order (webdataset decodes nothing: members stay bytes)."""
-    import webdataset as wds
-
-    doc = load_manifest(manifest)
-    urls = [str(manifest.parent / s["url"]) for s in doc.get("shardlist", [])]
-    if not urls:
-        return []
-    return wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    """Raw samples of one dataset, in index order (members stay bytes)."""
+    return iter_samples(manifest)
 
 
 def _category_id(meta: dict[str, Any], where: str) -> int:
@@ -106,10 +99,7 @@ def materialise_shard_scenes(input_path: str | Path, out_dir: str | Path,
     An image referred from several splits is one scene, filed under the splits joined with "+".
     Returns the COCO splits for `CocoIndex` and the counts (samples read, objects, skipped by reason).
     """
-    from PIL import Image
     from pycocotools import mask as mask_utils
-
-    from pipeline.samples.categories import COCO_CATEGORIES
 
     path, out_dir = Path(input_path), Path(out_dir)
     wanted = set(splits or ())
@@ -145,13 +135,12 @@ def materialise_shard_scenes(input_path: str | Path, out_dir: str | Path,
             ann_id, image_id = ann_ids[0], int(meta["image_id"])
             if "mask.png" not in sample:
                 raise ValueError(f"{where}: member mask.png missing; is this a {KIND} dataset?")
-            with Image.open(io.BytesIO(sample["mask.png"])) as im:
-                mask = np.asarray(im.convert("L")) > 127
+            mask = decode_mask(sample["mask.png"], f"{where}: mask.png") > 127
             image = images.get(image_id)
             if image is None:
-                ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                ext = image_member(sample)
                 if ext is None:
-                    raise ValueError(f"{where}: no image member (one of {list(IMAGE_EXTS)}) beside mask.png")
+                    raise ValueError(f"{where}: no image member (one of {list(IMAGE_EXTENSIONS)}) beside mask.png")
                 name = meta.get("image_file") or f"{image_id:012d}.{ext}"
                 image = images[image_id] = {"file_name": Path(name).name, "data": sample[ext],
                                             "height": mask.shape[0], "width": mask.shape[1], "splits": set()}
