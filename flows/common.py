@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -41,44 +42,185 @@ def make_task_runner(kind: RunnerKind, workers: int, dask_address: str | None = 
 
 
 def publish_manifests(flow_name: str, manifests: list[dict[str, Any]], paths: list[Path], output: str,
-                      announce: bool = True) -> None:
+                      announce: bool = True, unchanged: list[bool] | None = None) -> bool:
     """A table artifact of the datasets written, and (``announce``) one `shards.built` event for the run.
 
     One event per flow run, not per dataset, so that the `train` deployment's trigger starts one
-    training run per batch of new shards. Its payload names the output root and every manifest.
+    training run per batch of new shards. Its payload names the output root and the manifests that
+    changed. ``unchanged[i]``: dataset i was already complete and identical (see `keep_if_unchanged`);
+    a run where every dataset is unchanged announces nothing. Returns whether it announced.
     """
+    from prefect import get_run_logger
+
+    unchanged = list(unchanged) if unchanged is not None else [False] * len(paths)
     rows = []
-    for index, path in zip(manifests, paths):
+    for index, path, same in zip(manifests, paths, unchanged):
         counts = index["counts"]
         rows.append({
             "dataset": index["name"], "shards": len(index["shardlist"]), "kept": counts["kept"],
             "rejected": counts["rejected"],
             "rejects by reason": ", ".join(f"{k} {v}" for k, v in counts["rejected_by_reason"].items()),
-            "manifest": str(path),
+            "status": "unchanged" if same else "written", "manifest": str(path),
         })
     if rows:
         create_table_artifact(key=artifact_key(flow_name, "manifest"), table=rows, description=f"{flow_name}: datasets written")
-    if announce and paths:
-        emit_event(
-            event="shards.built",
-            resource={"prefect.resource.id": f"smartedit.shards.{flow_name}", "smartedit.output": str(output)},
-            payload={"output": str(output), "manifests": [str(p) for p in paths],
-                     "kept": sum(m["counts"]["kept"] for m in manifests)},
-        )
+    changed = [(m, p) for m, p, same in zip(manifests, paths, unchanged) if not same]
+    logger = get_run_logger()
+    if not announce:
+        logger.info("%s: not announcing (announce=False)", flow_name)
+        return False
+    if not changed:
+        logger.info("%s: nothing changed since the last build; no shards.built event (no training is triggered)", flow_name)
+        return False
+    emit_event(
+        event="shards.built",
+        resource={"prefect.resource.id": f"smartedit.shards.{flow_name}", "smartedit.output": str(output)},
+        payload={"output": str(output), "manifests": [str(p) for _, p in changed],
+                 "kept": sum(m["counts"]["kept"] for m, _ in changed)},
+    )
+    logger.info("%s: announced shards.built for %d changed dataset(s) under %s", flow_name, len(changed), output)
+    return True
+
+
+@contextlib.contextmanager
+def recipe_progress(logger_name: str, total: int, description: str):
+    """While a training recipe runs: its ``step N ...`` log lines (logger ``logger_name``) update a
+    Prefect progress artifact (N / total) and are repeated in the run's log, which the UI and the
+    terminal show. The recipe (model/) never imports Prefect, so this listens to its logger."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    run_logger = get_run_logger()
+    progress_id = create_progress_artifact(progress=0.0, description=f"{description} of {total}")
+
+    class _Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not isinstance(record.msg, str) or not record.msg.startswith("step ") or not record.args:
+                return
+            try:
+                step = int(record.args[0])
+                update_progress_artifact(progress_id, progress=min(100.0, 100.0 * step / max(total, 1)))
+                run_logger.info("%s %d/%d: %s", description, step, total, record.getMessage())
+            except Exception:  # noqa: BLE001 - progress reporting never stops training
+                pass
+
+    handler, target = _Forward(level=logging.INFO), logging.getLogger(logger_name)
+    previous = target.level
+    target.addHandler(handler)
+    if target.getEffectiveLevel() > logging.INFO:
+        target.setLevel(logging.INFO)
+    try:
+        yield progress_id
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(previous)
+
+
+def manifest_snapshot(path: Path | str) -> str | None:
+    """The manifest's text before a rerun rewrites it (None when there is none yet)."""
+    path = Path(path)
+    return path.read_text() if path.exists() else None
+
+
+_VOLATILE_PROVENANCE = ("created", "flow_run_id", "code_version")
+
+
+def _comparable(index: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without what every write refreshes: when, by which run, with which checkout, and the
+    input fingerprint (file mtimes: rewriting identical inputs changes it, the data does not change)."""
+    prov = {k: v for k, v in (index.get("provenance") or {}).items() if k not in _VOLATILE_PROVENANCE}
+    return {**{k: v for k, v in index.items() if k != "input_fingerprint"}, "provenance": prov}
+
+
+def keep_if_unchanged(path: Path | str, before: str | None) -> bool:
+    """After a rerun rewrote the manifest at ``path``: when its data did not change (same shards, hashes,
+    counts, spec), put the earlier provenance back (the run that built the data, when, with which code) so
+    the rerun rewrites nothing of it, and return True (nothing new: do not announce). A new input
+    fingerprint is kept, so that retraining knows the inputs were seen."""
+    import json
+
+    path = Path(path)
+    if before is None or not path.exists():
+        return False
+    old, new = json.loads(before), json.loads(path.read_text())
+    if _comparable(old) != _comparable(new):
+        return False
+    new["provenance"] = {**new.get("provenance", {}),
+                         **{k: v for k, v in (old.get("provenance") or {}).items() if k in _VOLATILE_PROVENANCE}}
+    text = before if new == old else json.dumps(new, indent=1, ensure_ascii=False)
+    from pipeline.writer import atomic_write_text
+
+    atomic_write_text(path, text)
+    return True
 
 
 def markdown(key: str, text: str, description: str = "") -> None:
     create_markdown_artifact(key=artifact_key(key), markdown=text, description=description)
 
 
+FILES_URL_ENV, FILES_ROOT_ENV = "SMARTEDIT_FILES_URL", "SMARTEDIT_FILES_ROOT"
+
+
+def image_url(path: Path | str, max_embed_px: int = 1024) -> str:
+    """A URL the Prefect UI can load for the picture at ``path``.
+
+    Browsers refuse ``file://`` links from an http page. When the local stack serves its output
+    directory read-only over HTTP (``SMARTEDIT_FILES_URL`` for ``SMARTEDIT_FILES_ROOT``, set by
+    `flows.stack` for its workers) and the picture lies below it, that URL; otherwise the picture is
+    embedded as a ``data:`` URL (downscaled JPEG), which Prefect's markdown renders as it is.
+    """
+    import base64
+    import io
+    import os
+
+    path = Path(path).resolve()
+    base, root = os.environ.get(FILES_URL_ENV), os.environ.get(FILES_ROOT_ENV)
+    if base and root:
+        try:
+            rel = path.relative_to(Path(root).resolve())
+        except ValueError:
+            rel = None
+        if rel is not None:
+            from urllib.parse import quote
+
+            return f"{base.rstrip('/')}/{quote(rel.as_posix())}"
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((max_embed_px, max_embed_px))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_artifact(key: str, path: Path | str, title: str, description: str = "") -> str:
+    """A markdown artifact showing the picture at ``path`` in the UI (see `image_url`); returns its URL."""
+    url = image_url(path)
+    shown = url if not url.startswith("data:") else "embedded"
+    create_markdown_artifact(key=artifact_key(key), markdown=f"# {title}\n\n![{title}]({url})\n\nFile: `{Path(path)}` ({shown})\n",
+                             description=description or title)
+    return url
+
+
+# OSErrors that a second try cannot fix: bad input (a missing checkpoint, a wrong path), not flaky I/O.
+PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def is_transient_error(err: BaseException) -> bool:
+    """True for errors that may pass on a second try: I/O hiccups (EIO, timeouts, a dropped connection,
+    a stale NFS handle), never missing files, bad data or bugs."""
+    return isinstance(err, OSError) and not isinstance(err, PERMANENT_OS_ERRORS)
+
+
 def is_io_error(task, task_run, state) -> bool:
-    """A task's retry condition: retry only what may pass on a second try (I/O errors), never bad data or bugs."""
+    """A task's retry condition: retry only transient I/O errors (see `is_transient_error`)."""
     try:
         state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
+    except Exception as err:  # noqa: BLE001 - classified, not swallowed: the task still fails
+        return is_transient_error(err)
     return False
 
 

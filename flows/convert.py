@@ -20,7 +20,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
-from flows.common import RunnerKind, is_io_error, make_task_runner, publish_manifests
+from flows.common import (RunnerKind, is_io_error, keep_if_unchanged, make_task_runner, manifest_snapshot,
+                          publish_manifests)
 from pipeline.vocabulary import SOURCE_GROUPS
 
 SEGMENTATION = SOURCE_GROUPS["segmentation"]
@@ -51,9 +52,16 @@ def convert_shard_task(source: str, root: str, split: str, options_json: str, sh
     """The library's `convert_shard` for one planned shard (the plan is recomputed here: it is deterministic)."""
     from pipeline.convert import convert_shard, shard_plans
 
+    from pipeline.writer import stats_path
+
     reader = _reader(source, root, split, options_json)
-    stats = convert_shard(reader, shard_plans(reader, shard_size)[shard_index], dataset_dir)
-    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected}
+    plan = shard_plans(reader, shard_size)[shard_index]
+    path = Path(dataset_dir) / plan.name
+    resumed = stats_path(path).exists() and path.exists()
+    stats = convert_shard(reader, plan, dataset_dir)
+    get_run_logger().info("%s: %s (%d kept, %d rejected)", plan.name, "resumed: already complete" if resumed else "built",
+                          stats.nsamples, stats.n_rejected)
+    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "resumed": resumed}
 
 
 def _splits(params: SourceParams) -> list[str]:
@@ -98,43 +106,100 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
              for i in range(len(plan.shards))]
             for params, split, options_json, plan in jobs
         ]
-        manifests, paths, done = [], [], 0
+        manifests, paths, unchanged, done = [], [], [], 0
         for (_, _, _, plan), shard_futures in zip(jobs, futures):
+            resumed = 0
             for future in shard_futures:
-                future.result()
+                resumed += bool(future.result()["resumed"])
                 done += 1
                 update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+                logger.info("%s: shards %d/%d", flow_name, done, total)
+            before = manifest_snapshot(plan.dataset_dir / INDEX_NAME)
             index = finish_conversion(plan)
-            logger.info("%s: %d kept, %d rejected", index["name"], index["counts"]["kept"], index["counts"]["rejected"])
+            # nothing rebuilt and the same data: keep the provenance, announce nothing (flows/common.py)
+            same = resumed == len(plan.shards) and keep_if_unchanged(plan.dataset_dir / INDEX_NAME, before)
+            logger.info("%s: %d kept, %d rejected; shards %d built, %d resumed%s", index["name"], index["counts"]["kept"],
+                        index["counts"]["rejected"], len(plan.shards) - resumed, resumed,
+                        "; manifest unchanged" if same else "")
             manifests.append(index)
             paths.append(plan.dataset_dir / INDEX_NAME)
-    publish_manifests(flow_name, manifests, paths, output, announce)
+            unchanged.append(same)
+    publish_manifests(flow_name, manifests, paths, output, announce, unchanged)
     return [str(p) for p in paths]
 
 
 def _run(flow_name: str, allowed: tuple[str, ...], sources, output, shard_size, workers, runner, dask_address, announce,
          overwrite=False):
     inner = convert_sources.with_options(name=f"{flow_name}-shards", task_runner=make_task_runner(runner, workers, dask_address))
-    return inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name,
-                 announce=announce, overwrite=overwrite)
+    paths = inner(sources=sources, output=output, shard_size=shard_size, allowed=allowed, flow_name=flow_name,
+                  announce=announce, overwrite=overwrite)
+    _log_datasets(flow_name, paths)
+    return paths
+
+
+def _log_datasets(flow_name: str, paths: list[str]) -> None:
+    """The subflow's key lines again in the parent's log (`prefect flow-run logs <parent>` shows them)."""
+    from pipeline.manifest import load_manifest
+
+    logger = get_run_logger()
+    for path in paths:
+        counts = load_manifest(path)["counts"]
+        logger.info("%s: %s: %d kept, %d rejected (%s)", flow_name, Path(path).parent.relative_to(Path(path).parents[2]),
+                    counts["kept"], counts["rejected"], path)
 
 
 @flow(name="convert-segmentation")
 def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                          runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
-    """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split)."""
+    """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split).
+
+    Args:
+        sources: Sources to convert: [{source, root (official layout), splits (default all), options}].
+        output: Output root; each dataset goes to <output>/<dataset>/<split> with its shardindex.json.
+        shard_size: Samples per shard (one Prefect task per shard).
+        workers: Parallel shard tasks.
+        announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
+            changed nothing stays silent.
+        runner: Task runner: process (default), threads or dask.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+        overwrite: Rebuild finished shards that were built with other settings (otherwise the run refuses).
+    """
     return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
 
 
 @flow(name="convert-vqa")
 def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                 runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
-    """LLaVA-Instruct-150k → shards."""
+    """LLaVA-Instruct-150k → shards.
+
+    Args:
+        sources: Sources to convert: [{source, root (official layout), splits (default all), options}].
+        output: Output root; each dataset goes to <output>/<dataset>/<split> with its shardindex.json.
+        shard_size: Samples per shard (one Prefect task per shard).
+        workers: Parallel shard tasks.
+        announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
+            changed nothing stays silent.
+        runner: Task runner: process (default), threads or dask.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+        overwrite: Rebuild finished shards that were built with other settings (otherwise the run refuses).
+    """
     return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
 
 
 @flow(name="convert-edit")
 def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
                  runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
-    """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards."""
+    """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards.
+
+    Args:
+        sources: Sources to convert: [{source, root (official layout), splits (default all), options}].
+        output: Output root; each dataset goes to <output>/<dataset>/<split> with its shardindex.json.
+        shard_size: Samples per shard (one Prefect task per shard).
+        workers: Parallel shard tasks.
+        announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
+            changed nothing stays silent.
+        runner: Task runner: process (default), threads or dask.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+        overwrite: Rebuild finished shards that were built with other settings (otherwise the run refuses).
+    """
     return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)

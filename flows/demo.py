@@ -9,6 +9,7 @@ verify every manifest. Later steps (build-synthetic, train, evaluate) run when t
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,19 +49,9 @@ def synthetic_parameters(samples: Path) -> dict:
 
 
 def retrain_parameters(demo_dir: Path) -> dict:
-    """The scheduled-retrain deployment's parameters for the demo: every sample source, tiny preset, few steps."""
-    samples = demo_dir / "samples"
-    return {
-        "sources": sample_sources(samples),
-        "shards": str(demo_dir / "shards"),
-        "runs": str(demo_dir / "runs"),
-        "registry": str(demo_dir / "registry.json"),
-        "benchmark": str(samples / "reason_edit"),
-        "synthetic": {"input": str(samples), "config": synthetic_parameters(samples)},
-        "preset": "tiny",
-        "steps": 4,
-        "num_inference_steps": 4,
-    }
+    """The scheduled-retrain deployment's parameters for the demo: the `demo` profile
+    (data_specs/profiles/demo.yaml: every sample source, the synthetic build, tiny preset, few steps)."""
+    return {"profile": "demo"}
 
 
 def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, float], str | None] | None = None) -> None:
@@ -78,11 +69,21 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
     for deployment, parameters in convert_parameters(samples, shards).items():
         run(deployment, {**parameters, "announce": False})
 
+    # A build that changes nothing announces nothing (so reruns never retrain on the same data). The demo
+    # shows the trigger every time: it builds its synthetic pairs afresh, and the `shards.built` event starts
+    # `train` in a new run directory (runs/triggered/<event id>) that trains real steps.
+    synthetic = shards / "synthetic"
+    if synthetic.exists():
+        log.info(f"removing the previous synthetic build {synthetic} (the demo rebuilds it to show the trigger)")
+        shutil.rmtree(synthetic)
     started = run("build-synthetic/build-synthetic",
-                  {"input": str(samples), "output": str(shards / "synthetic"), "config": synthetic_parameters(samples)})
+                  {"input": str(samples), "output": str(synthetic), "config": synthetic_parameters(samples)})
     if wait_for_triggered is not None:
         state = wait_for_triggered("train/train", started["started"])
         log.info(f"train/train (triggered by shards.built from build-synthetic): {state or 'not seen'}")
+        if state != "Completed":
+            raise RuntimeError(f"the triggered train run ended {state or 'never started'}; "
+                               "see `prefect flow-run ls --flow-name train` and its logs")
 
     manifests = find_manifests(shards)
     bad = [m for m in manifests if not verify_dataset(m).ok]

@@ -15,23 +15,56 @@ results, the settings and the manifests' hashes.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from data_specs import spec_path
 from flows.common import artifact_key, markdown
 from flows.convert import EDIT, SEGMENTATION, VQA, SourceParams
 
 GROUPS = {"segmentation": SEGMENTATION, "vqa": VQA, "edit": EDIT}
+PROFILES = spec_path("profiles")
+REQUIRED = ("sources", "shards", "runs", "registry", "benchmark")
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """data_specs/profiles/<name>.yaml (or a path to a YAML file) with ``${VAR}`` filled from the environment
+    (``SMARTEDIT_ROOT`` defaults to this checkout). An unset variable is one error naming it."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise FileNotFoundError(f"retrain: profile {name!r}: no {path}; known profiles: {known}")
+    env = {"SMARTEDIT_ROOT": str(Path(__file__).resolve().parents[1]), **os.environ}
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            missing = [v for v in re.findall(r"\$\{(\w+)\}", value) if v not in env]
+            if missing:
+                raise ValueError(f"{path}: {value!r} needs environment variable(s) {missing}; set them on the worker "
+                                 f"(see the profile's header)")
+            return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], value)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return fill(yaml.safe_load(path.read_text()) or {})
 
 
 class SyntheticParams(BaseModel):
     """The build-synthetic step: its input (sample-data dir or COCO-format root) and build config fields."""
 
     input: str
+    images: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -60,12 +93,13 @@ def manifest_hashes(paths: list[str]) -> dict[str, str]:
 
 @flow(name="retrain", log_prints=False)
 def retrain(
-    sources: dict[str, list[SourceParams]],
-    shards: str,
-    runs: str,
-    registry: str,
-    benchmark: str,
+    sources: dict[str, list[SourceParams]] | None = None,
+    shards: str | None = None,
+    runs: str | None = None,
+    registry: str | None = None,
+    benchmark: str | None = None,
     synthetic: SyntheticParams | None = None,
+    profile: str | None = None,
     preset: str = "tiny",
     steps: int | None = None,
     model: dict[str, Any] | None = None,
@@ -81,34 +115,108 @@ def retrain(
     allow_fidelity_only: bool = False,
     gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """sources: convert group ("segmentation", "vqa", "edit") → sources, as the convert-* flows take them;
-    shards: their output root; runs: where candidates are trained and evaluated; registry: the champion
-    registry JSON; benchmark: a Reason-Edit directory (or evaluation shards, with target images for the
-    MagicBrush-style metrics); clip_dir / vlm_dir / dino_dir: local metric models for the instruction-following
-    metrics — without any of them (and without targets) the gate refuses to run unless allow_fidelity_only
-    (recorded with every decision); gate: GatePolicy fields (confidence, min_edit_rate, min_fg_change, margins)."""
+    """Convert what changed, build synthetic pairs, train stage 2 on training splits, evaluate, gate.
+
+    Args:
+        sources: Convert group ("segmentation", "vqa", "edit") → sources, as the convert-* flows take them.
+            Groups left out are skipped (logged and listed in the run's artifact).
+        shards: Output root of the conversions and the synthetic build; training reads its training splits.
+        runs: Where candidates are trained and evaluated (runs/candidate-<run id>).
+        registry: The champion registry JSON (created on the first run).
+        benchmark: A Reason-Edit directory (evaluation only; never trained on).
+        synthetic: The build-synthetic step: input and build config. None skips it (logged, in the artifact).
+        profile: A profile in data_specs/profiles (demo, production) or a YAML path: defaults for every
+            parameter not given explicitly.
+        preset: Training preset (tiny, 7b, 13b, 7b-code, 13b-code).
+        steps: Optimizer steps of the candidate's stage-2 run (default: the preset's).
+        model: Model-config overrides (checkpoint dirs: llava_dir, unet_dir, vae_dir, clip_text_dir).
+        training_overrides: Any other TrainConfig field of the candidate's run.
+        seeds: Evaluation seeds.
+        num_inference_steps: Sampler steps at evaluation (default: the pipeline's).
+        clip_dir: Local CLIP ViT-L/14 dir: CLIP score, CLIP direction, CLIP-I (instruction-following metrics).
+        dino_dir: Local DINOv2 dir (DINO against target images, where the benchmark has them).
+        vlm_dir: Local LLaVA dir for the VLM judge column.
+        allow_fidelity_only: Let the gate run without any instruction-following metric (recorded with each
+            decision); without it the gate refuses to run then.
+        gate: GatePolicy fields (confidence, n_resamples, seed, min_fg_change, min_edit_rate, margins).
+        lpips_dir: Local LPIPS weights dir.
+        device: Evaluation device ("cpu", "cuda").
+        force_convert: Convert every source even when its inputs did not change.
+    """
     from flows.convert import convert_edit, convert_segmentation, convert_vqa
     from flows.train import train
     from model.registry import ChampionRegistry
     from pipeline.manifest import find_manifests
 
     logger = get_run_logger()
+    given = {"sources": sources, "shards": shards, "runs": runs, "registry": registry, "benchmark": benchmark,
+             "synthetic": synthetic}
+    if profile:
+        defaults = load_profile(profile)
+        unknown = set(defaults) - set(given) - {"preset", "steps", "model", "num_inference_steps", "clip_dir",
+                                                "lpips_dir", "device", "training_overrides", "seeds", "dino_dir",
+                                                "vlm_dir", "allow_fidelity_only", "gate"}
+        if unknown:
+            raise ValueError(f"retrain: profile {profile!r} has unknown fields {sorted(unknown)}")
+        # explicit parameters win; the profile fills what the run left unset (preset etc. only from the profile
+        # when the run kept the flow's default)
+        sources = sources if sources is not None else defaults.get("sources")
+        shards = shards or defaults.get("shards")
+        runs = runs or defaults.get("runs")
+        registry = registry or defaults.get("registry")
+        benchmark = benchmark or defaults.get("benchmark")
+        synthetic = synthetic if synthetic is not None else defaults.get("synthetic")
+        preset = defaults.get("preset", preset) if preset == "tiny" else preset
+        steps = steps if steps is not None else defaults.get("steps")
+        model = model if model is not None else defaults.get("model")
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else defaults.get("num_inference_steps")
+        clip_dir = clip_dir or defaults.get("clip_dir")
+        lpips_dir = lpips_dir or defaults.get("lpips_dir")
+        dino_dir = dino_dir or defaults.get("dino_dir")
+        vlm_dir = vlm_dir or defaults.get("vlm_dir")
+        allow_fidelity_only = allow_fidelity_only or bool(defaults.get("allow_fidelity_only", False))
+        gate = gate if gate is not None else defaults.get("gate")
+        device = defaults.get("device", device) if device == "cpu" else device
+        logger.info("retrain: defaults from profile %r", profile)
+    missing = [k for k, v in {"sources": sources, "shards": shards, "runs": runs, "registry": registry,
+                              "benchmark": benchmark}.items() if not v]
+    if missing:
+        raise ValueError(f"retrain: no value for {missing}; pass them or a profile (-p profile=demo; see data_specs/profiles)")
+    if not Path(benchmark).exists():
+        raise FileNotFoundError(f"retrain: parameter 'benchmark' is {benchmark}, which does not exist; pass a Reason-Edit directory")
+    if synthetic is not None:
+        synthetic = SyntheticParams.model_validate(synthetic)
+    stages: list[dict[str, str]] = []
+
+    def stage(name: str, status: str, detail: str) -> None:
+        stages.append({"stage": name, "status": status, "detail": detail})
+        (logger.warning if status == "skipped" else logger.info)("retrain: %s %s: %s", name, status, detail)
+
     shards_dir = Path(shards)
     run_id = str(flow_run.id or "local")[:8]
     candidate_dir = Path(runs) / f"candidate-{run_id}"
 
     # 1. conversions, skipped for sources whose inputs did not change
     convert = {"segmentation": convert_segmentation, "vqa": convert_vqa, "edit": convert_edit}
+    unknown_groups = set(sources) - set(GROUPS)
+    if unknown_groups:
+        raise ValueError(f"retrain: sources groups {sorted(unknown_groups)}; expected some of {list(GROUPS)}")
     converted, skipped = [], []
-    for group, group_sources in sources.items():
-        if group not in GROUPS:
-            raise ValueError(f"retrain: sources group {group!r}; expected one of {list(GROUPS)}")
-        group_sources = [SourceParams.model_validate(s) for s in group_sources]
+    for group in GROUPS:
+        if not sources.get(group):
+            stage(f"convert-{group}", "skipped", "no sources of this group in the parameters / profile")
+            continue
+        group_sources = [SourceParams.model_validate(s) for s in sources[group]]
         stale = [s for s in group_sources if force_convert or not source_is_current(s, shards_dir)]
-        skipped += [s.source for s in group_sources if s not in stale]
+        fresh = [s.source for s in group_sources if s not in stale]
+        skipped += fresh
         if stale:
-            converted += convert[group](sources=stale, output=shards)
-    logger.info("converted %d datasets; unchanged sources skipped: %s", len(converted), skipped or "none")
+            written = convert[group](sources=stale, output=shards, announce=False)
+            converted += written
+            stage(f"convert-{group}", "ran", f"{', '.join(s.source for s in stale)}: {len(written)} datasets"
+                  + (f"; unchanged inputs kept: {', '.join(fresh)}" if fresh else ""))
+        else:
+            stage(f"convert-{group}", "skipped", f"inputs unchanged since the last conversion: {', '.join(fresh)}")
 
     # 2. synthetic pairs (finished shards are kept by the build's completion markers)
     if synthetic is not None:
@@ -117,15 +225,34 @@ def retrain(
         # The benchmark this retrain evaluates on is always kept out of the synthetic sources (leakage guard).
         config = dict(synthetic.config)
         config["eval_sets"] = list(dict.fromkeys([*config.get("eval_sets", []), benchmark]))
-        build_synthetic(input=synthetic.input, output=str(shards_dir / "synthetic"), announce=False, config=config)
+        built = build_synthetic(input=synthetic.input, images=synthetic.images, output=str(shards_dir / "synthetic"),
+                                announce=False, config=config)
+        stage("build-synthetic", "ran", f"{built['kept']} pairs kept, {built['rejected']} dropped"
+              + (" (unchanged: every shard resumed)" if built.get("unchanged") else ""))
+    else:
+        stage("build-synthetic", "skipped", "no `synthetic` step in the parameters / profile")
 
-    # 3. stage 2 from the champion
+    # 3. stage 2 from the champion, on training splits only (data_specs/splits.yaml)
+    from model.mixture import select_training
+
     reg = ChampionRegistry(registry)
     champion = reg.champion
-    manifests = [str(p) for p in find_manifests(shards_dir)]
+    selection = select_training(find_manifests(shards_dir))
+    manifests = [r.index_path for r in selection.used]
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key=artifact_key("retrain", "datasets"), table=selection.rows(),
+                          description="retraining: manifests used for training and excluded (held-out splits)")
+    stage("training splits", "ran", f"{len(manifests)} training manifests; excluded {len(selection.excluded)}: "
+          + (", ".join(f"{r.name}" for r, _ in selection.excluded) or "none"))
+    if not manifests:
+        raise ValueError(f"retrain: no training-split manifests under {shards_dir}; convert the sources first")
     summary = train(preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"), steps=steps,
                     resume=None, init_from=champion.get("checkpoint") if champion else None,
                     allow_missing_sources=True, model=model, overrides=training_overrides)
+
+    stage("train", "ran", f"steps {summary['start_step']} → {summary['steps']}"
+          + (f" from champion {champion.get('checkpoint')}" if champion else " (no champion yet: fresh)"))
 
     # 4-5. the promotion gate
     result = promotion_gate(
@@ -134,7 +261,16 @@ def retrain(
         num_inference_steps=num_inference_steps, allow_fidelity_only=allow_fidelity_only, gate=gate,
         extra={"checkpoint": summary["checkpoint"], "manifests": manifest_hashes(manifests)},
     )
-    return {**result, "converted": converted, "skipped": skipped}
+    verdict = "PROMOTED" if result["promoted"] else "kept the champion"
+    stage("gate", "ran", f"{verdict} ({result['mode']})")
+    stage_table = "\n".join(f"| {r['stage']} | {r['status']} | {r['detail']} |" for r in stages)
+    used = "\n".join(f"| {r['dataset']} | {r['split']} | {r['samples']} | {r['training']} | {r['why']} |" for r in selection.rows())
+    markdown(artifact_key("retrain", "decision"), f"# Retraining: {verdict} ({result['mode']})\n\n"
+             + "\n".join(f"- {r}" for r in result["reasons"])
+             + f"\n\n## Stages\n\n| stage | status | detail |\n|---|---|---|\n{stage_table}\n"
+             + f"\n## Datasets\n\n| dataset | split | samples | training | why |\n|---|---|---|---|---|\n{used}\n",
+             description="scheduled retraining: promotion decision, stages run or skipped, datasets used and excluded")
+    return {**result, "converted": converted, "skipped": skipped, "stages": stages, "datasets": selection.rows()}
 
 
 def _gate_policy(gate: dict[str, Any] | None, allow_fidelity_only: bool):
@@ -223,8 +359,8 @@ def promotion_gate(
     }
     reg.record(entry, decision.to_json())
     verdict = "PROMOTED" if decision.promote else "kept the champion"
-    markdown(artifact_key("retrain", "decision"), f"# Retraining: {verdict} ({decision.mode})\n\n"
-             + "\n".join(f"- {r}" for r in decision.reasons), description="scheduled retraining: promotion decision")
+    markdown(artifact_key("retrain", "gate"), f"# Promotion gate: {verdict} ({decision.mode})\n\n"
+             + "\n".join(f"- {r}" for r in decision.reasons), description="promotion gate: decision and its reasons")
     logger.info("retrain: %s (%s)", verdict, "; ".join(decision.reasons))
     return {"promoted": decision.promote, "reasons": decision.reasons, "mode": decision.mode, "candidate": entry,
             "registry": str(registry), "report": cand["report_md"]}

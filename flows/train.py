@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import artifact_key, gpu_slot, markdown
+from flows.common import artifact_key, gpu_slot, markdown, recipe_progress
 from model.train import expand_manifests
 
 
@@ -42,9 +43,33 @@ def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
     cfg = TrainConfig.from_dict({**config, "stage": stage})
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
-    with gpu_slot(device):
+    with gpu_slot(device), recipe_progress(f"model.train_stage{stage}", cfg.steps, f"stage-{stage} training steps"):
         result = run(cfg)
     return _summary(result)
+
+
+def select_manifests(manifests: list[str], stage: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """Stage 2 trains on training splits only (data_specs/splits.yaml); returns the manifests that train
+    and one row per manifest (used / excluded and why) for the run's artifact."""
+    if stage != 2:
+        return manifests, []
+    from model.mixture import select_training
+
+    selection = select_training(manifests)
+    rows = selection.rows()
+    if not selection.used:
+        raise ValueError(f"train: none of the {len(manifests)} manifests is a training split "
+                         f"({'; '.join(f'{r.name}: {why}' for r, why in selection.excluded)}); "
+                         "pass training-split manifests or add the source's rule to data_specs/splits.yaml")
+    return [r.index_path for r in selection.used], rows
+
+
+def _datasets_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = [f"| {r['dataset']} | {r['split']} | {r['samples']} | {r['training']} | {r['why']} |" for r in rows]
+    return ("\n## Datasets\n\n| dataset | split | samples | training | why |\n|---|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
 
 
 def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
@@ -100,13 +125,26 @@ def train(
     docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
     "" starts fresh).
     preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
-    them; overrides: any other TrainConfig field. Returns the summary dict."""
+    them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
+    field. A run that trains zero steps fails. Returns the summary dict."""
     cfg = train_config(preset, stage, manifests, overrides, output_dir=output_dir, steps=steps, resume=resume,
                        init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
+    used, dataset_rows = select_manifests(list(cfg.manifests), stage)
+    if used != list(cfg.manifests):
+        cfg = dataclasses.replace(cfg, manifests=used)
+    for name, path in (("init_from", cfg.init_from if stage == 2 else None),
+                       ("resume", cfg.resume if cfg.resume not in (None, "", "latest") else None)):
+        if path and not Path(path).exists():  # a missing checkpoint is bad input, not an I/O error to retry
+            raise FileNotFoundError(f"train: parameter {name!r} is {path}, which does not exist; pass an existing checkpoint dir")
     # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
     summary = run_recipe(config, stage)
-    markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config),
-             description=f"SmartEdit stage-{stage} training summary")
-    get_run_logger().info("stage %d finished at step %d: %s", stage, summary["steps"], json.dumps(summary["final"]))
+    markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config) + _datasets_markdown(dataset_rows),
+             description=f"SmartEdit stage-{stage} training summary: steps, losses, datasets used and excluded")
+    if summary["steps"] - summary["start_step"] <= 0:
+        # A resumed run already at its final step would otherwise "complete" having done nothing.
+        raise RuntimeError(f"train: trained 0 steps: {summary['run_dir']} already holds a checkpoint at step "
+                           f"{summary['start_step']} >= steps={cfg.steps}; pass more steps to continue it, or a new output_dir")
+    get_run_logger().info("stage %d trained steps %d → %d: %s", stage, summary["start_step"], summary["steps"],
+                          json.dumps(summary["final"]))
     return summary

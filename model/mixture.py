@@ -25,11 +25,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from data_specs import spec_path
-from pipeline.shards import dataset_info
+from pipeline.shards import dataset_info, load_manifest
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPEC = spec_path("mixture.yaml")
+DEFAULT_SPLITS = spec_path("splits.yaml")
 
 
 class MixtureNode(BaseModel):
@@ -110,20 +111,87 @@ def load_mixture_spec(path: Path | str = DEFAULT_SPEC) -> MixtureSpec:
         raise ValueError(f"{path}: invalid mixture spec:\n{err}") from err
 
 
+class SplitRules(BaseModel):
+    """data_specs/splits.yaml: the splits of each source that may train (``"*"``: any, or no split recorded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training: dict[str, list[str]]
+
+    def verdict(self, source: str, split: str | None) -> str | None:
+        """None when a dataset of ``source``/``split`` may train, else the reason it is held out."""
+        allowed = self.training.get(source)
+        if allowed is None:
+            return f"no split rule for source {source!r} in data_specs/splits.yaml"
+        # No recorded split: not a converter's manifest (those always record provenance.spec.split);
+        # hand-made or synthetic datasets are training data by construction.
+        if "*" in allowed or split is None:
+            return None
+        if split not in allowed:
+            return f"split {split!r} is held out ({source} trains on {allowed})"
+        return None
+
+
+def load_split_rules(path: Path | str = DEFAULT_SPLITS) -> SplitRules:
+    """Read and validate the split rules; errors name the file."""
+    path = Path(path)
+    try:
+        return SplitRules.model_validate(yaml.safe_load(path.read_text()))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: split rules not found (the default is {DEFAULT_SPLITS})") from err
+    except ValidationError as err:
+        raise ValueError(f"{path}: invalid split rules (expected `training: {{source: [splits]}}`):\n{err}") from err
+
+
 @dataclass(frozen=True)
 class DatasetRef:
-    """One dataset (one shardindex.json): where it is, which source it holds, how many samples."""
+    """One dataset (one shardindex.json): where it is, which source and split it holds, how many samples."""
 
     index_path: str
     name: str
     source: str
     nsamples: int
+    split: str | None = None
 
 
 def read_dataset_ref(path: Path | str) -> DatasetRef:
     """Metadata of one manifest (no shard is opened). Accepts the dataset dir or its shardindex.json."""
     info = dataset_info(path)  # the one manifest reader (pipeline/shards.py): checks the file, names its faults
-    return DatasetRef(info.index_path, info.name, info.source, info.nsamples)
+    # the split the converter recorded (provenance.spec.split); None for synthetic or hand-made datasets
+    split = ((load_manifest(info.index_path).get("provenance") or {}).get("spec") or {}).get("split")
+    return DatasetRef(info.index_path, info.name, info.source, info.nsamples, str(split) if split is not None else None)
+
+
+@dataclass
+class SplitSelection:
+    """The manifests that may train and those held out, each held-out one with its reason."""
+
+    used: list[DatasetRef]
+    excluded: list[tuple[DatasetRef, str]]
+
+    def rows(self) -> list[dict[str, object]]:
+        """One row per manifest for an artifact table: used or excluded, and why."""
+        rows = [{"dataset": r.name, "source": r.source, "split": r.split or "-", "samples": r.nsamples,
+                 "training": "used", "why": "training split" if r.split else "no split recorded (synthetic or hand-made): trains",
+                 "manifest": r.index_path} for r in self.used]
+        rows += [{"dataset": r.name, "source": r.source, "split": r.split or "-", "samples": r.nsamples,
+                  "training": "excluded", "why": why, "manifest": r.index_path} for r, why in self.excluded]
+        return rows
+
+
+def select_training(manifests: list[Path | str] | list[DatasetRef],
+                    rules: SplitRules | None = None) -> SplitSelection:
+    """Split ``manifests`` by ``rules`` (default data_specs/splits.yaml) into training and held-out datasets."""
+    rules = rules or load_split_rules()
+    refs = [m if isinstance(m, DatasetRef) else read_dataset_ref(m) for m in manifests]
+    used, excluded = [], []
+    for ref in refs:
+        why = rules.verdict(ref.source, ref.split)
+        if why is None:
+            used.append(ref)
+        else:
+            excluded.append((ref, why))
+    return SplitSelection(used, excluded)
 
 
 @dataclass
@@ -156,14 +224,23 @@ class Mixture:
                  "datasets": ", ".join(d.name for d in leaf.datasets)} for leaf in self.leaves]
 
 
-def build_mixture(spec: MixtureSpec, manifests: list[Path | str], *, allow_missing: bool = False) -> Mixture:
+def build_mixture(spec: MixtureSpec, manifests: list[Path | str], *, allow_missing: bool = False,
+                  splits: SplitRules | None = None) -> Mixture:
     """Flatten ``spec`` over the given manifests.
+
+    Only training splits take part: a manifest whose split ``splits`` (default data_specs/splits.yaml)
+    holds out (val, test, dev, ...) is dropped with a warning naming it, so an evaluation split can
+    never reach a training batch whatever the caller passes. A manifest without a recorded split is
+    kept when its source allows ``"*"``.
 
     Each manifest joins the leaf that lists its ``provenance.source``. A leaf with no (or only empty)
     manifests is an error unless ``allow_missing``; then it is dropped and its siblings renormalised
     (a chain child's ``p`` becomes 0). Manifests that no leaf lists are ignored with a warning.
     """
-    refs = [read_dataset_ref(m) for m in manifests]
+    selection = select_training(manifests, splits)
+    for ref, why in selection.excluded:
+        log.warning("mixture %s: %s excluded from training: %s", spec.name, ref.index_path, why)
+    refs = selection.used
     by_source: dict[str, list[DatasetRef]] = {}
     for ref in refs:
         by_source.setdefault(ref.source, []).append(ref)

@@ -27,6 +27,11 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_dict(self) -> dict:
+        """For `smartedit shards verify --json`."""
+        return {"index": str(self.index), "ok": self.ok, "shards": self.shards, "samples": self.samples,
+                "problems": list(self.problems)}
+
 
 def _hashes(path: Path) -> tuple[str, str, int]:
     md5, sha = hashlib.md5(), hashlib.sha256()

@@ -48,14 +48,19 @@ def _shards_verify(args: argparse.Namespace) -> int:
     if not manifests:
         print(f"error: {args.path}: no shardindex.json found at or below it", file=sys.stderr)
         return 1
-    failed = 0
+    failed, reports = 0, []
     for index in manifests:
         report = verify_dataset(index, check_schema=not args.no_schema)
+        failed += not report.ok
+        reports.append(report.to_dict())
+        if args.json:
+            continue
         status = "OK" if report.ok else "FAILED"
         print(f"{status}  {index}  ({report.shards} shards, {report.samples} samples)")
         for problem in report.problems:
             print(f"  - {problem}")
-        failed += not report.ok
+    if args.json:
+        print(json.dumps({"ok": not failed, "datasets": reports}, indent=1, ensure_ascii=False))
     return 1 if failed else 0
 
 
@@ -70,6 +75,7 @@ def _add_shards(subparsers) -> None:
     p = sub.add_parser("verify", help="re-hash every shard, check counts, tar integrity and schemas (exit 1 on problems)")
     p.add_argument("path", help="a dataset directory, a shardindex.json, or a directory holding several datasets")
     p.add_argument("--no-schema", action="store_true", help="skip the per-sample schema check")
+    p.add_argument("--json", action="store_true", help="machine-readable output: {ok, datasets: [{index, ok, shards, samples, problems}]}")
     p.set_defaults(func=_shards_verify)
     synthetic.add_shards_subcommands(sub)
 

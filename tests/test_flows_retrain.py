@@ -58,6 +58,15 @@ def test_retrain_end_to_end_first_run_is_promoted_with_its_evidence(prefect_harn
     assert first["promoted"] is True and first["mode"] == "fidelity-only"
     assert any(r.startswith("fg_change vs identity") and r.endswith("→ better") for r in first["reasons"])
     assert "no champion yet: first run" in first["reasons"] and first["skipped"] == []
+    # training splits only: MagicBrush's dev split is converted (it is an input) but listed as excluded
+    rows = {r["dataset"]: r for r in first["datasets"]}
+    assert rows["magicbrush-dev"]["training"] == "excluded" and "held out" in rows["magicbrush-dev"]["why"]
+    assert {r["split"] for r in rows.values() if r["training"] == "used"} == {"train", "-"}  # "-": synthetic
+    assert not [p for p in first["candidate"]["manifests"] if "/dev/" in p]
+    stages = {s["stage"]: s["status"] for s in first["stages"]}
+    assert stages["convert-segmentation"] == stages["convert-vqa"] == "skipped"  # no sources given: logged, listed
+    assert stages["convert-edit"] == stages["build-synthetic"] == stages["train"] == "ran"
+    assert stages["gate"] == "ran"
     registry = json.loads((tmp_path / "registry.json").read_text())
     champion = registry["champion"]
     assert champion["pipeline"] == first["candidate"]["pipeline"] and registry["anchor"] == champion
@@ -176,6 +185,10 @@ def test_scheduled_retrain_defaults_refuse_the_identity_baseline(prefect_harness
 
     deployments = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())["deployments"]
     params = next(d for d in deployments if d["name"] == "scheduled-retrain")["parameters"]
+    if "profile" in params:  # the deployment's defaults come from a data_specs/profiles profile
+        from flows.retrain import load_profile
+
+        params = {**load_profile(params["profile"]), **params}
     gate_params = {k: params[k] for k in ("allow_fidelity_only", "gate", "clip_dir", "lpips_dir", "vlm_dir", "dino_dir",
                                           "seeds") if k in params}
     bench = str(make_reason_edit(tmp_path / "bench", per_category=2, size=32))

@@ -48,7 +48,8 @@ def test_each_variant_trains_one_step_through_accelerate(variant):
 
     model = build_smartedit(_config(variant)).train()
     model.to(torch.bfloat16).float()  # the cast that used to crash 'plain' and 'cross_attention'
-    params = model.trainable_parameters(2)
+    model.set_trainable(2)
+    params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params.values(), lr=1e-3)
     accelerator = Accelerator(cpu=True)
     model, optimizer = accelerator.prepare(model, optimizer)
