@@ -54,9 +54,20 @@ def retrain_parameters(demo_dir: Path) -> dict:
     return {"profile": "demo"}
 
 
+def mgie_parameters(demo_dir: Path) -> tuple[dict, dict]:
+    """The train (model=mgie) and evaluate deployments' parameters: MGIE on the edit-pair shards, tiny preset."""
+    shards, run_dir = demo_dir / "shards", demo_dir / "runs" / "mgie"
+    train = {"model": "mgie", "preset": "tiny", "steps": 4, "allow_missing_sources": True, "resume": None,
+             "manifests": [str(shards / "instructpix2pix"), str(shards / "magicbrush")], "output_dir": str(run_dir)}
+    evaluate = {"pipeline_dir": str(run_dir / "pipeline"), "benchmark": str(demo_dir / "samples" / "reason_edit"),
+                "out_dir": str(run_dir / "eval"), "num_inference_steps": 4}
+    return train, evaluate
+
+
 def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, float], str | None] | None = None) -> None:
     """samples → convert-* → build-synthetic (its `shards.built` event triggers `train`) → scheduled-retrain
-    (convert what changed, train from the champion, evaluate, promote) → print the evaluation table."""
+    (convert what changed, train from the champion, evaluate, promote) → MGIE on the same edit shards (train,
+    evaluate) → print the evaluation table comparing both."""
     import json
 
     from pipeline.manifest import find_manifests
@@ -103,3 +114,14 @@ def run_demo(demo_dir: Path, run: Runner, wait_for_triggered: Callable[[str, flo
           f"--image {samples / 'reason_edit' / '1-Left-Right' / '001.png'} --instruction 'Remove the left object' -o edited.png")
     log.info(f"\nevaluation report: {report}\n")
     log.info(report.read_text() if report.exists() else f"(no report at {report}: {result})")
+
+    # MGIE, the other model, on the same edit shards; one table compares both beside the papers' numbers.
+    from model.mgie.comparison import write_comparison
+
+    mgie_train, mgie_evaluate = mgie_parameters(demo_dir)
+    run("train/train", mgie_train)
+    run("evaluate/evaluate", mgie_evaluate)
+    comparison = write_comparison({"SmartEdit": report.with_suffix(".json"),
+                                   "MGIE": Path(mgie_evaluate["out_dir"]) / "report.json"}, demo_dir / "comparison.md")
+    log.info(f"\nSmartEdit vs MGIE: {comparison}\n")
+    log.info(comparison.read_text())

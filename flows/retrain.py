@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -102,7 +102,7 @@ def retrain(
     profile: str | None = None,
     preset: str = "tiny",
     steps: int | None = None,
-    model: dict[str, Any] | None = None,
+    model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
     training_overrides: dict[str, Any] | None = None,
     seeds: list[int] = [0],  # noqa: B006 - a JSON parameter, never mutated
     num_inference_steps: int | None = None,
@@ -129,7 +129,9 @@ def retrain(
             parameter not given explicitly.
         preset: Training preset (tiny, 7b, 13b, 7b-code, 13b-code).
         steps: Optimizer steps of the candidate's stage-2 run (default: the preset's).
-        model: Model-config overrides (checkpoint dirs: llava_dir, unet_dir, vae_dir, clip_text_dir).
+        model: "smartedit" or "mgie" (which model the candidate is; MGIE's model overrides go in
+            training_overrides={"model": {...}}), or SmartEdit model-config overrides (checkpoint dirs: llava_dir,
+            unet_dir, vae_dir, clip_text_dir).
         training_overrides: Any other TrainConfig field of the candidate's run.
         seeds: Evaluation seeds.
         num_inference_steps: Sampler steps at evaluation (default: the pipeline's).
@@ -247,8 +249,13 @@ def retrain(
           + (", ".join(f"{r.name}" for r, _ in selection.excluded) or "none"))
     if not manifests:
         raise ValueError(f"retrain: no training-split manifests under {shards_dir}; convert the sources first")
+    from flows.train import split_model
+
+    model_name, _ = split_model(model)
+    # A champion of the other model cannot initialise this one (different trainable sets): train from scratch then.
+    same_model = champion is not None and champion.get("model", "smartedit") == model_name
     summary = train(preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"), steps=steps,
-                    resume=None, init_from=champion.get("checkpoint") if champion else None,
+                    resume=None, init_from=champion.get("checkpoint") if same_model else None,
                     allow_missing_sources=True, model=model, overrides=training_overrides)
 
     stage("train", "ran", f"steps {summary['start_step']} → {summary['steps']}"
@@ -259,7 +266,7 @@ def retrain(
         candidate=summary["pipeline_dir"], registry=registry, benchmark=benchmark, out_dir=str(candidate_dir),
         seeds=seeds, clip_dir=clip_dir, lpips_dir=lpips_dir, dino_dir=dino_dir, vlm_dir=vlm_dir, device=device,
         num_inference_steps=num_inference_steps, allow_fidelity_only=allow_fidelity_only, gate=gate,
-        extra={"checkpoint": summary["checkpoint"], "manifests": manifest_hashes(manifests)},
+        extra={"model": model_name, "checkpoint": summary["checkpoint"], "manifests": manifest_hashes(manifests)},
     )
     verdict = "PROMOTED" if result["promoted"] else "kept the champion"
     stage("gate", "ran", f"{verdict} ({result['mode']})")

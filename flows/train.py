@@ -1,4 +1,5 @@
-"""`train`: run a SmartEdit training stage (model/train_stage1.py, model/train_stage2.py) as a Prefect flow.
+"""`train`: run a SmartEdit training stage (model/train_stage1.py, model/train_stage2.py) or MGIE (model/mgie/train.py)
+as a Prefect flow.
 
 Thin: one task runs the recipe and returns a small summary dict; the flow publishes a markdown artifact
 (losses, steps, checkpoint, pipeline dir). On a GPU the task holds one slot of the `gpu` global concurrency
@@ -8,6 +9,7 @@ with ``strict=True``: a GPU run never trains unguarded. CPU runs (tests, demo) t
 
     prefect deployment run train/train -p preset=tiny -p stage=2 -p steps=4 \
         -p manifests='["/data/shards/magicbrush-train/shardindex.json"]' -p output_dir=/data/runs/tiny
+    prefect deployment run train/train -p model=mgie -p preset=tiny -p manifests='["/data/shards/magicbrush"]'
     smartedit train --preset tiny --stage 1 --steps 4 --manifests shards/cc12m/shardindex.json --output-dir runs/s1
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
@@ -32,14 +34,30 @@ def _summary(result) -> dict[str, Any]:
     }
 
 
-@task(task_run_name="train-stage{stage}", cache_policy=None)
-def run_recipe(config: dict[str, Any], stage: int) -> dict[str, Any]:
-    """Run one stage in this process; return the run's summary (paths and final losses, no tensors)."""
+MODELS = ("smartedit", "mgie")
+
+
+def split_model(model: str | dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """The flow's ``model`` parameter → (which model, model-config overrides): "smartedit" or "mgie" names the
+    model; a mapping is SmartEdit's model-config overrides (as before MGIE existed)."""
+    if model is None or isinstance(model, dict):
+        return "smartedit", model
+    if model not in MODELS:
+        raise ValueError(f"train: parameter 'model' is {model!r}; choose one of {list(MODELS)} (or pass model-config "
+                         f"overrides as a mapping)")
+    return model, None
+
+
+@task(task_run_name="train-{model_name}-stage{stage}", cache_policy=None)
+def run_recipe(config: dict[str, Any], stage: int, model_name: str = "smartedit") -> dict[str, Any]:
+    """Run one stage (MGIE: its only one) in this process; return the run's summary (paths and final losses)."""
     import torch
 
     from model.train import run
     from model.train_config import TrainConfig
 
+    if model_name == "mgie":
+        from model.mgie.train_config import MGIETrainConfig as TrainConfig  # noqa: F811 - MGIE's own fields
     cfg = TrainConfig.from_dict({**config, "stage": stage})
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     get_run_logger().info("training on %s%s", device, " (holding a `gpu` concurrency slot)" if device == "cuda" else "")
@@ -72,10 +90,11 @@ def _datasets_markdown(rows: list[dict[str, Any]]) -> str:
             + "\n".join(lines) + "\n")
 
 
-def _markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
+def _markdown(summary: dict[str, Any], config: dict[str, Any], model_name: str = "smartedit") -> str:
     rows = "\n".join(f"| {k} | {v:.5g} |" for k, v in summary["final"].items())
+    title = "MGIE" if model_name == "mgie" else f"SmartEdit stage {summary['stage']}"
     return (
-        f"# SmartEdit stage {summary['stage']} — preset `{config['preset']}`\n\n"
+        f"# {title} — preset `{config['preset']}`\n\n"
         f"Steps {summary['start_step']} → **{summary['steps']}**\n\n"
         f"| final | value |\n|---|---|\n{rows}\n\n"
         f"- checkpoint: `{summary['checkpoint']}`\n- pipeline: `{summary['pipeline_dir']}`\n"
@@ -89,12 +108,20 @@ def train_config(
     stage: int = 2,
     manifests: list[str] | str | None = None,
     overrides: dict[str, Any] | None = None,
+    model_name: str = "smartedit",
     **fields: Any,
 ):
     """The flow's TrainConfig: the (stage, preset) preset with the parameters given (not None) on top. Every
-    TrainConfig field is reachable, by name or through ``overrides``; defaults are the preset's, never the flow's."""
+    TrainConfig field is reachable, by name or through ``overrides``; defaults are the preset's, never the flow's.
+    ``model_name="mgie"``: an MGIETrainConfig (one stage; presets tiny, mgie-7b; its extra fields via overrides)."""
     from model.train_config import TrainConfig, get_train_preset
 
+    if model_name == "mgie":
+        from model.mgie.train_config import MGIETrainConfig as TrainConfig  # noqa: F811 - MGIE's own fields
+        from model.mgie.train_config import get_mgie_train_preset
+
+        if int(stage) != 2:
+            raise ValueError("train: MGIE has a single stage; leave 'stage' at 2")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides or {}) - known)
     if unknown:
@@ -105,6 +132,8 @@ def train_config(
     manifests = expand_manifests(manifests)
     if not manifests:
         raise ValueError("train: parameter 'manifests' is empty; pass the shardindex.json paths to train on")
+    if model_name == "mgie":
+        return get_mgie_train_preset(preset, **given, manifests=manifests)
     return get_train_preset(stage, preset, **given, manifests=manifests)
 
 
@@ -118,7 +147,7 @@ def train(
     resume: str | None = None,
     init_from: str | None = None,
     allow_missing_sources: bool | None = None,
-    model: dict[str, Any] | None = None,
+    model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
@@ -126,9 +155,13 @@ def train(
     "" starts fresh).
     preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
     them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
-    field. A run that trains zero steps fails. Returns the summary dict."""
-    cfg = train_config(preset, stage, manifests, overrides, output_dir=output_dir, steps=steps, resume=resume,
-                       init_from=init_from, allow_missing_sources=allow_missing_sources, model=model)
+    field. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one stage, presets tiny
+    and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit model-config
+    overrides. Returns the summary dict."""
+    model_name, model_overrides = split_model(model)
+    cfg = train_config(preset, stage, manifests, overrides, model_name=model_name, output_dir=output_dir, steps=steps,
+                       resume=resume, init_from=init_from, allow_missing_sources=allow_missing_sources,
+                       model=model_overrides)
     used, dataset_rows = select_manifests(list(cfg.manifests), stage)
     if used != list(cfg.manifests):
         cfg = dataclasses.replace(cfg, manifests=used)
@@ -138,9 +171,11 @@ def train(
             raise FileNotFoundError(f"train: parameter {name!r} is {path}, which does not exist; pass an existing checkpoint dir")
     # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
-    summary = run_recipe(config, stage)
-    markdown(artifact_key("train", f"stage{stage}", cfg.preset), _markdown(summary, config) + _datasets_markdown(dataset_rows),
-             description=f"SmartEdit stage-{stage} training summary: steps, losses, datasets used and excluded")
+    summary = run_recipe(config, stage, model_name)
+    key = ("train", "mgie", cfg.preset) if model_name == "mgie" else ("train", f"stage{stage}", cfg.preset)
+    title = "MGIE" if model_name == "mgie" else f"SmartEdit stage-{stage}"
+    markdown(artifact_key(*key), _markdown(summary, config, model_name) + _datasets_markdown(dataset_rows),
+             description=f"{title} training summary: steps, losses, datasets used and excluded")
     if summary["steps"] - summary["start_step"] <= 0:
         # A resumed run already at its final step would otherwise "complete" having done nothing.
         raise RuntimeError(f"train: trained 0 steps: {summary['run_dir']} already holds a checkpoint at step "

@@ -100,6 +100,18 @@ class Recipe:
         """Extra JSON-able fields for state.json."""
         return {}
 
+    def build_model(self):
+        """The model this recipe trains (MGIE's recipe builds its own)."""
+        from model.smartedit import build_smartedit
+
+        return build_smartedit(self.cfg.model_config())
+
+    def write_pipeline(self, model, path: Path) -> Path:
+        """The pipeline folder written at the end."""
+        from model.checkpoint import save_pipeline
+
+        return save_pipeline(model, path)
+
     # -- setup ----------------------------------------------------------------------------------------------
     def setup(self) -> None:
         import torch
@@ -109,7 +121,6 @@ class Recipe:
 
         from model.checkpoint import load_checkpoint, load_trainable, read_state, resolve_resume
         from model.data import make_dataloader
-        from model.smartedit import build_smartedit
 
         cfg = self.cfg
         self.accelerator = accelerator = Accelerator(
@@ -128,7 +139,7 @@ class Recipe:
         if resume_dir is not None:  # before building: a mismatch should not cost a 7B model load
             check_resume(read_state(resume_dir), cfg, accelerator.num_processes, resume_dir)
         # Every rank builds the same model (initialisation is keyed on the model config's seed) ...
-        model = build_smartedit(cfg.model_config())
+        model = self.build_model()
         self.init_weights(model)
         if resume_dir is not None:
             self._load_weights(model, load_trainable(resume_dir), resume_dir)
@@ -235,15 +246,13 @@ class Recipe:
 
     # -- cleanup --------------------------------------------------------------------------------------------
     def cleanup(self) -> RunResult:
-        from model.checkpoint import save_pipeline
-
         accelerator = self.accelerator
         pipeline_dir = None
         if self.cfg.save_pipeline and not self.writes_pipeline:
             log.info("stage %d trains no UNet: no pipeline folder; stage 2 starts from %s with init_from",
                      self.stage, self.checkpoint)
         elif self.cfg.save_pipeline and accelerator.is_main_process:
-            pipeline_dir = str(save_pipeline(accelerator.unwrap_model(self.model), self.run_dir / "pipeline"))
+            pipeline_dir = str(self.write_pipeline(accelerator.unwrap_model(self.model), self.run_dir / "pipeline"))
         accelerator.wait_for_everyone()
         accelerator.end_training()
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k not in ("step", "step_seconds")}

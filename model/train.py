@@ -33,7 +33,14 @@ def expand_manifests(manifests: list[str] | str | None) -> list[str]:
 
 
 def run(config: TrainConfig) -> RunResult:
-    """Train ``config.stage`` in this process (stage 1: alignment recipe; stage 2: joint recipe)."""
+    """Train ``config.stage`` in this process (stage 1: alignment recipe; stage 2: joint recipe); an
+    ``MGIETrainConfig`` runs the MGIE recipe (model/mgie/train.py)."""
+    from model.mgie.train_config import MGIETrainConfig
+
+    if isinstance(config, MGIETrainConfig):
+        from model.mgie.train import train_mgie
+
+        return train_mgie(config)
     if config.stage == 1:
         from model.train_stage1 import train_stage1 as recipe
     else:

@@ -1,5 +1,5 @@
-"""``smartedit edit``: one image with a saved pipeline folder; the sampling options come from `SamplingConfig`
-and default to the pipeline's saved sampling config.
+"""``smartedit edit``: one image with a saved pipeline folder (SmartEdit or MGIE, read from its model_index.json);
+the sampling options come from `SamplingConfig` and default to the pipeline's saved sampling config.
 
     smartedit edit --model runs/tiny/pipeline --image in.png --instruction "Remove the left cup" -o out.png
 """
@@ -15,8 +15,8 @@ def register(subparsers) -> None:
     from model.config import SamplingConfig
     from model.config_args import add_config_arguments
 
-    p = subparsers.add_parser("edit", help="edit an image with a SmartEdit pipeline folder")
-    p.add_argument("--model", required=True, help="folder written by SmartEditPipeline.save_pretrained")
+    p = subparsers.add_parser("edit", help="edit an image with a SmartEdit or MGIE pipeline folder")
+    p.add_argument("--model", required=True, help="folder written by SmartEditPipeline or MGIEPipeline.save_pretrained")
     p.add_argument("--image", required=True, help="input image file")
     p.add_argument("--instruction", required=True, help="editing instruction")
     p.add_argument("-o", "--output", required=True, help="output image file (format from the extension)")
@@ -36,7 +36,7 @@ def _edit(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from model.config_args import given_overrides
-    from model.pipeline import SmartEditPipeline
+    from model.pipelines import load_pipeline
 
     image_path = Path(args.image)
     if not image_path.is_file():
@@ -44,8 +44,8 @@ def _edit(args: argparse.Namespace) -> int:
         return 1
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        pipe = SmartEditPipeline.from_pretrained(args.model, device=device)
-    except FileNotFoundError as exc:
+        pipe = load_pipeline(args.model, device=device)  # the class recorded in the folder's model_index.json
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: --model {args.model}: {exc}", file=sys.stderr)
         return 1
     image = Image.open(image_path).convert("RGB")
@@ -54,5 +54,7 @@ def _edit(args: argparse.Namespace) -> int:
                   **given_overrides(args, args.sampling_options))[0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     edited.save(args.output)
+    for text in getattr(pipe, "expressive_instructions", []):  # MGIE says what it will do
+        print(f"expressive instruction: {text}")
     print(f"wrote {args.output}")
     return 0

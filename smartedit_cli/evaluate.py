@@ -62,7 +62,8 @@ def register(subparsers) -> None:
         help="run an editor over Reason-Edit (or evaluation shards) and write metrics, report, grids, judging page",
     )
     p.add_argument("--model", required=True,
-                   help="SmartEditPipeline directory (save_pretrained output) or a baseline: identity, random-recolour")
+                   help="SmartEditPipeline or MGIEPipeline directory (save_pretrained output) or a baseline: "
+                        "identity, random-recolour")
     p.add_argument("--benchmark", required=True, help="Reason-Edit directory, a directory of .tar shards, or a shard pattern")
     p.add_argument("--protocol", choices=("corrected", "official"), default="corrected",
                    help="corrected (default) fixes the released script's quirks; official reproduces them")

@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from smartedit_cli import checkpoints, convert, edit, evaluate, samples, synthetic, train
+from smartedit_cli import checkpoints, convert, edit, evaluate, expressive, samples, synthetic, train
 
-COMMANDS = (samples, convert, synthetic, train, edit, evaluate, checkpoints)
+COMMANDS = (samples, convert, synthetic, train, edit, evaluate, checkpoints, expressive)
 
 
 def _shards_inspect(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ class Editor(Protocol):
 def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
     """A built-in baseline (``identity``, ``random-recolour``, also as ``baseline:<name>``), an editor named by
     import path (``py:package.module:attribute``, any callable with the ``SmartEditPipeline`` call shape), or a
-    SmartEditPipeline from a saved pipeline directory (``save_pretrained`` output)."""
+    SmartEditPipeline / MGIEPipeline from a saved pipeline directory (``save_pretrained`` output)."""
     from model.evaluation.baselines import BASELINES, baseline_name
 
     name = baseline_name(str(model_dir))
@@ -53,14 +53,14 @@ def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
         if not attr:
             raise ValueError(f"{model_dir}: expected py:package.module:attribute")
         return getattr(importlib.import_module(module_name), attr)
-    from model.pipeline import SmartEditPipeline
+    from model.pipelines import load_pipeline
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(
             f"{model_dir}: pipeline directory not found (or a built-in baseline: {', '.join(BASELINES)})"
         )
-    return SmartEditPipeline.from_pretrained(model_dir, device=device)
+    return load_pipeline(model_dir, device=device)
 
 
 IMPORT_PREFIX = "py:"

@@ -25,6 +25,7 @@ FORMATS: dict[str, str] = {
     "smartedit-official": "model.importers.smartedit_official",
     "llava-original": "model.importers.llava_original",
     "instructdiffusion-ldm": "model.importers.ldm_unet",
+    "mgie-official": "model.importers.mgie_official",
 }
 
 REPORT_NAME = "import_report.json"
