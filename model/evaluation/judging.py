@@ -2,7 +2,7 @@
 
 ``write_judging_page`` makes one self-contained HTML file (no server, no network) showing input, output and
 instruction for each (item, seed) with two buttons, "follows" / "does not follow". Images are inlined as JPEG
-thumbnails (``side`` px, quality 85: ~10 KB each instead of a full PNG) and decoded lazily (``loading="lazy"``).
+thumbnails (``side`` px, quality 85: ~10 KB each instead of a full PNG).
 The page carries a unique id (model fingerprint + benchmark hash + protocol, ``evaluate.judging_page_id``):
 judgements persist in the browser's localStorage under that id, so a second model's page never starts with the
 first one's verdicts, and are exported as a downloadable JSON file::
@@ -104,7 +104,7 @@ entries.forEach((e, i) => {
   const card = document.createElement("div");
   card.className = "card"; card.id = "card-" + i; card.dataset.key = e.key; card.dataset.seed = e.seed;
   const text = (cls, t) => { const d = document.createElement("div"); d.className = cls; d.textContent = t; return d; };
-  const img = (src, alt) => { const im = document.createElement("img"); im.loading = "lazy"; im.decoding = "async"; im.src = src; im.alt = alt; return im; };
+  const img = (src, alt) => { const im = document.createElement("img"); im.src = src; im.alt = alt; return im; };
   const meta = document.createElement("div"); meta.className = "meta";
   meta.append(text("category", e.category + " · seed " + e.seed), text("instruction", e.instruction));
   const yes = document.createElement("button"); yes.className = "yes"; yes.textContent = "follows";
