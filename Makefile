@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	PIP_CONSTRAINT=constraints.txt $(PIP) install -q -e .
+	PIP_CONSTRAINT=constraints.txt $(PIP) install -q -e ".[s3,test,cluster]"
 	PIP_CONSTRAINT=constraints.txt $(PIP) install -q --no-deps $(TORCHVISION)
 	$(PY) -c "from pipeline.compat.torchvision_ops import write_pth; print(write_pth())"
 	@touch $(STAMP)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-RunnerKind = Literal["process", "threads", "dask"]
+RunnerKind = Literal["process", "threads", "dask", "ray"]
 
 
 def artifact_key(*parts: str) -> str:
@@ -21,6 +21,8 @@ def artifact_key(*parts: str) -> str:
 def make_task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None):
     """`process`: a local process pool (default). `dask`: Prefect's Dask integration, on an existing
     cluster when ``dask_address`` is given (e.g. ``tcp://scheduler:8786``) or a local one otherwise.
+    `ray`: prefect-ray, on an existing Ray cluster when an address is given (``ray://head:10001``), else a local
+    Ray instance with ``workers`` CPUs.
     `threads`: in-process threads (tests, debugging)."""
     if kind == "process":
         from prefect.task_runners import ProcessPoolTaskRunner
@@ -38,7 +40,15 @@ def make_task_runner(kind: RunnerKind, workers: int, dask_address: str | None = 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
-    raise ValueError(f"task runner {kind!r}: expected one of process, threads, dask")
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as err:
+            raise ImportError("the ray task runner needs `pip install prefect-ray` (the `cluster` extra)") from err
+        if dask_address:  # an existing Ray cluster: ray://head:10001 or auto
+            return RayTaskRunner(address=dask_address)
+        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+    raise ValueError(f"task runner {kind!r}: expected one of process, threads, dask, ray")
 
 
 def publish_manifests(flow_name: str, manifests: list[dict[str, Any]], paths: list[Path], output: str,
@@ -120,7 +130,9 @@ def recipe_progress(logger_name: str, total: int, description: str):
 
 def manifest_snapshot(path: Path | str) -> str | None:
     """The manifest's text before a rerun rewrites it (None when there is none yet)."""
-    path = Path(path)
+    from pipeline.storage import as_path
+
+    path = as_path(path)  # local or a bucket URL
     return path.read_text() if path.exists() else None
 
 
@@ -141,7 +153,9 @@ def keep_if_unchanged(path: Path | str, before: str | None) -> bool:
     fingerprint is kept, so that retraining knows the inputs were seen."""
     import json
 
-    path = Path(path)
+    from pipeline.storage import as_path
+
+    path = as_path(path)
     if before is None or not path.exists():
         return False
     old, new = json.loads(before), json.loads(path.read_text())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -22,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from flows.common import (RunnerKind, is_io_error, keep_if_unchanged, make_task_runner, manifest_snapshot,
                           publish_manifests)
+from pipeline.storage import as_path
 from pipeline.vocabulary import SOURCE_GROUPS
 
 SEGMENTATION = SOURCE_GROUPS["segmentation"]
@@ -51,12 +51,11 @@ def convert_shard_task(source: str, root: str, split: str, options_json: str, sh
                        dataset_dir: str) -> dict[str, Any]:
     """The library's `convert_shard` for one planned shard (the plan is recomputed here: it is deterministic)."""
     from pipeline.convert import convert_shard, shard_plans
-
     from pipeline.writer import stats_path
 
     reader = _reader(source, root, split, options_json)
     plan = shard_plans(reader, shard_size)[shard_index]
-    path = Path(dataset_dir) / plan.name
+    path = as_path(dataset_dir) / plan.name
     resumed = stats_path(path).exists() and path.exists()
     stats = convert_shard(reader, plan, dataset_dir)
     get_run_logger().info("%s: %s (%d kept, %d rejected)", plan.name, "resumed: already complete" if resumed else "built",
@@ -93,7 +92,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
             options_json = json.dumps(params.options, sort_keys=True)
             for split in _splits(params):
                 reader = _reader(params.source, params.root, split, options_json)
-                dataset_dir = Path(output) / reader.dataset_name / split
+                dataset_dir = as_path(output) / reader.dataset_name / split  # local, file:// or s3://
                 make_output_dir(dataset_dir)
                 locks.enter_context(DatasetLock(dataset_dir))
                 plan = prepare_conversion(reader, dataset_dir, shard_size=shard_size, overwrite=overwrite)
@@ -144,13 +143,14 @@ def _log_datasets(flow_name: str, paths: list[str]) -> None:
     logger = get_run_logger()
     for path in paths:
         counts = load_manifest(path)["counts"]
-        logger.info("%s: %s: %d kept, %d rejected (%s)", flow_name, Path(path).parent.relative_to(Path(path).parents[2]),
+        logger.info("%s: %s: %d kept, %d rejected (%s)", flow_name, "/".join(str(path).split("/")[-3:-1]),
                     counts["kept"], counts["rejected"], path)
 
 
 @flow(name="convert-segmentation")
 def convert_segmentation(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
-                         runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
+                         runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False,
+                         address: str | None = None) -> list[str]:
     """COCO-Stuff, RefCOCO/+/g, gRefCOCO and ReasonSeg → shards (one dataset per source and split).
 
     Args:
@@ -160,16 +160,19 @@ def convert_segmentation(sources: list[SourceParams], output: str, shard_size: i
         workers: Parallel shard tasks.
         announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
             changed nothing stays silent.
-        runner: Task runner: process (default), threads or dask.
-        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+        runner: Task runner: process (default), threads, dask or ray.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner (same as address).
         overwrite: Rebuild finished shards that were built with other settings (otherwise the run refuses).
+        address: An existing cluster for the runner: tcp://scheduler:8786 (dask) or ray://head:10001 (ray);
+            without it a local cluster / Ray instance of `workers` is started.
     """
-    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
+    return _run("convert-segmentation", SEGMENTATION, sources, output, shard_size, workers, runner, address or dask_address, announce, overwrite)
 
 
 @flow(name="convert-vqa")
 def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
-                runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
+                runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False,
+                address: str | None = None) -> list[str]:
     """LLaVA-Instruct-150k → shards.
 
     Args:
@@ -179,16 +182,19 @@ def convert_vqa(sources: list[SourceParams], output: str, shard_size: int = 1000
         workers: Parallel shard tasks.
         announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
             changed nothing stays silent.
-        runner: Task runner: process (default), threads or dask.
-        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+        runner: Task runner: process (default), threads, dask or ray.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner (same as address).
         overwrite: Rebuild finished shards that were built with other settings (otherwise the run refuses).
+        address: An existing cluster for the runner: tcp://scheduler:8786 (dask) or ray://head:10001 (ray);
+            without it a local cluster / Ray instance of `workers` is started.
     """
-    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
+    return _run("convert-vqa", VQA, sources, output, shard_size, workers, runner, address or dask_address, announce, overwrite)
 
 
 @flow(name="convert-edit")
 def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 1000, workers: int = 2, announce: bool = True,
-                 runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False) -> list[str]:
+                 runner: RunnerKind = "process", dask_address: str | None = None, overwrite: bool = False,
+                 address: str | None = None) -> list[str]:
     """InstructPix2Pix (folder or parquet) and MagicBrush → edit-pair shards.
 
     Args:
@@ -198,8 +204,10 @@ def convert_edit(sources: list[SourceParams], output: str, shard_size: int = 100
         workers: Parallel shard tasks.
         announce: Emit `shards.built` when a dataset changed (starts the `train` trigger); a rerun that
             changed nothing stays silent.
-        runner: Task runner: process (default), threads or dask.
-        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner.
+        runner: Task runner: process (default), threads, dask or ray.
+        dask_address: An existing Dask scheduler (tcp://host:8786) for the dask runner (same as address).
         overwrite: Rebuild finished shards that were built with other settings (otherwise the run refuses).
+        address: An existing cluster for the runner: tcp://scheduler:8786 (dask) or ray://head:10001 (ray);
+            without it a local cluster / Ray instance of `workers` is started.
     """
-    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, dask_address, announce, overwrite)
+    return _run("convert-edit", EDIT, sources, output, shard_size, workers, runner, address or dask_address, announce, overwrite)

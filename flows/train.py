@@ -17,13 +17,60 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import subprocess
+import sys
+from collections import deque
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
+from data_specs import spec_path
 from flows.common import artifact_key, gpu_slot, markdown, recipe_progress
 from model.train import expand_manifests
+
+# Named training profiles (demo, production): the defaults an event-triggered run trains with, chosen when the
+# deployment is made (prefect.yaml passes `profile: "{{ $SMARTEDIT_PROFILE }}"`), so the trigger itself names
+# no preset and a production deployment cannot train the tiny demo model on an event.
+TRAIN_PROFILES = spec_path("profiles", "train")
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FLOW_FIELDS = ("preset", "stage", "steps", "resume", "init_from", "allow_missing_sources", "model", "overrides")
+
+
+def _fill_env(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in os.environ:
+                raise ValueError(f"{where}: ${{{m.group(1)}}} is not set in the run's environment; set it on the "
+                                 f"worker or in the work pool's job variables (env)")
+            return os.environ[m.group(1)]
+        return _ENV_VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _fill_env(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_env(v, where) for v in value]
+    return value
+
+
+def load_train_profile(name: str) -> dict[str, Any]:
+    """data_specs/profiles/train/<name>.yaml (or a YAML path): `train` parameters plus ``allowed_presets``,
+    with ``${VAR}`` filled from the environment. Errors name the profile and the fix."""
+    import yaml
+
+    if "{{" in name:
+        raise ValueError(f"train: profile {name!r} was never filled in: deploy with SMARTEDIT_PROFILE set "
+                         f"(demo or production; `python -m flows.stack start` sets demo)")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else TRAIN_PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TRAIN_PROFILES.glob("*.yaml"))
+        raise ValueError(f"train: profile {name!r}: no {path}; known profiles: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - {*_FLOW_FIELDS, "allowed_presets"})
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}; a profile holds {sorted(_FLOW_FIELDS)} and allowed_presets")
+    return _fill_env(raw, str(path))
 
 
 def _summary(result) -> dict[str, Any]:
@@ -66,6 +113,86 @@ def run_recipe(config: dict[str, Any], stage: int, model_name: str = "smartedit"
     return _summary(result)
 
 
+def torchrun_command(target: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "smartedit") -> list[str]:
+    """``python -m torch.distributed.run`` (torchrun) for ``target`` (``["-m", "model.train_stage2", ...]``): a
+    standalone rendezvous on one node; across nodes a c10d rendezvous at ``rdzv_endpoint`` (host:port of node 0)
+    with this node's rank. torchrun exits non-zero when any rank fails, and stops the others."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node)]
+    if nnodes <= 1:
+        cmd.append("--standalone")
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("train: nnodes > 1 needs rdzv_endpoint (host:port of node 0), e.g. from the work pool's "
+                             "job variables (SMARTEDIT_RDZV_ENDPOINT)")
+        cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_backend", "c10d",
+                "--rdzv_endpoint", rdzv_endpoint, "--rdzv_id", rdzv_id]
+    return cmd + target
+
+
+def stream_command(cmd: list[str], env: dict[str, str], logger, what: str = "torchrun") -> None:
+    """Run ``cmd``, logging each line of its output as it comes (the flow run's log shows every rank's lines);
+    raise with the exit status and the last lines when it fails."""
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            logger.info("%s", line)
+        status = proc.wait()
+    if status != 0:
+        raise RuntimeError(f"train: {what} exited with status {status} (a rank failed); last lines:\n" + "\n".join(tail))
+
+
+def _launch_env(key: str, value: Any, default: Any) -> Any:
+    # a work pool sets node rank and rendezvous per job (job variables → env); a Kubernetes Indexed Job gives
+    # each pod JOB_COMPLETION_INDEX, which is its node rank
+    if value is not None:
+        return value
+    if key == "SMARTEDIT_NODE_RANK" and key not in os.environ and "JOB_COMPLETION_INDEX" in os.environ:
+        return int(os.environ["JOB_COMPLETION_INDEX"])
+    raw = os.environ.get(key)
+    return default if raw is None else type(default)(raw) if default is not None else raw
+
+
+@task(task_run_name="train-stage{stage}-{nnodes}x{nproc_per_node}", cache_policy=None)
+def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                  rdzv_endpoint: str | None = None) -> dict[str, Any]:
+    """Run one stage as ``torchrun -m model.train_stage{stage}`` over nproc_per_node × nnodes processes, streaming
+    their output into this run's log; the summary comes from global rank 0 (node 0)."""
+    from model.train_config import TrainConfig
+
+    cfg = TrainConfig.from_dict({**config, "stage": stage})
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path, result_path = run_dir / f"launch-stage{stage}.yaml", run_dir / f"launch-result-node{node_rank}.json"
+    cfg.save_yaml(config_path)
+    result_path.unlink(missing_ok=True)
+    logger = get_run_logger()
+    cmd = torchrun_command(["-m", f"model.train_stage{stage}", "--config", str(config_path)], nproc_per_node, nnodes,
+                           node_rank, rdzv_endpoint, rdzv_id=f"smartedit-{run_dir.name}")
+    logger.info("launching %s", " ".join(cmd))
+    env = {**os.environ, "SMARTEDIT_RESULT_JSON": str(result_path), "PYTHONUNBUFFERED": "1"}
+    with gpu_slot("cuda" if _cuda() and not cfg.cpu else "cpu"):
+        stream_command(cmd, env, logger)
+    if not result_path.exists():  # nodes other than 0 train as well but report nothing
+        return {"run_dir": str(run_dir), "stage": stage, "node_rank": node_rank}
+    return _summary(RunResultView(json.loads(result_path.read_text())))
+
+
+class RunResultView:
+    """`RunResult` fields read back from the launched run's JSON (for `_summary`)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.__dict__.update(data)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def select_manifests(manifests: list[str], stage: int) -> tuple[list[str], list[dict[str, Any]]]:
     """Stage 2 trains on training splits only (data_specs/splits.yaml); returns the manifests that train
     and one row per manifest (used / excluded and why) for the run's artifact."""
@@ -101,6 +228,22 @@ def _markdown(summary: dict[str, Any], config: dict[str, Any], model_name: str =
         f"- TensorBoard: `tensorboard --logdir {summary['tensorboard_dir']}`\n"
         f"- manifests: {', '.join(f'`{m}`' for m in config['manifests'])}\n"
     )
+
+
+def resolve_profile(profile: str | None, **given: Any) -> dict[str, Any]:
+    """The flow's parameters with the profile's values where the run left them None; preset ``tiny`` and stage 2
+    when neither names one. Refuses a preset outside the profile's ``allowed_presets``."""
+    allowed = None
+    if profile:
+        defaults = load_train_profile(profile)
+        allowed = defaults.pop("allowed_presets", None)
+        given = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    given = {k: given.get(k) for k in _FLOW_FIELDS}
+    given["preset"], given["stage"] = given["preset"] or "tiny", int(given["stage"] or 2)
+    if allowed is not None and given["preset"] not in allowed:
+        raise ValueError(f"train: profile {profile!r} does not train preset {given['preset']!r} (allowed: {allowed}); "
+                         f"pass a preset it allows or use another profile")
+    return given
 
 
 def train_config(
@@ -139,8 +282,8 @@ def train_config(
 
 @flow(name="train", log_prints=False)
 def train(
-    preset: str = "tiny",
-    stage: int = 2,
+    preset: str | None = None,
+    stage: int | None = None,
     manifests: list[str] | str | None = None,
     output_dir: str | None = None,
     steps: int | None = None,
@@ -149,16 +292,37 @@ def train(
     allow_missing_sources: bool | None = None,
     model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    profile: str | None = None,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
     docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
     "" starts fresh).
     preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
     them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
-    field. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one stage, presets tiny
-    and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit model-config
-    overrides. Returns the summary dict."""
+    field; profile: a training profile in data_specs/profiles/train (demo, production) or a YAML path whose values
+    fill the parameters left unset (the event trigger passes only this, the manifests and the output dir). Without
+    one: preset tiny, stage 2. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one
+    stage, presets tiny and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit
+    model-config overrides.
+    nproc_per_node × nnodes > 1 launches the recipe with torchrun (one process per GPU, or gloo CPU processes),
+    streams every rank's output into this run's log and fails when any rank fails; across nodes, one flow run per
+    node with its node_rank and the rendezvous host:port of node 0 (defaults: SMARTEDIT_NODE_RANK or a Kubernetes
+    Indexed Job's JOB_COMPLETION_INDEX, SMARTEDIT_RDZV_ENDPOINT). Returns the summary dict."""
+    given = resolve_profile(profile, preset=preset, stage=stage, steps=steps, resume=resume, init_from=init_from,
+                            allow_missing_sources=allow_missing_sources, model=model, overrides=overrides)
+    if profile:
+        get_run_logger().info("train: preset %r, stage %d from profile %r", given["preset"], given["stage"], profile)
+    preset, stage, steps, resume = given["preset"], given["stage"], given["steps"], given["resume"]
+    init_from, allow_missing_sources = given["init_from"], given["allow_missing_sources"]
+    model, overrides = given["model"], given["overrides"]
     model_name, model_overrides = split_model(model)
+    if model_name == "mgie" and nproc_per_node * nnodes > 1:
+        raise ValueError("train: nproc_per_node/nnodes launch the SmartEdit recipes (model.train_stageN); "
+                         "train MGIE with nproc_per_node=1")
     cfg = train_config(preset, stage, manifests, overrides, model_name=model_name, output_dir=output_dir, steps=steps,
                        resume=resume, init_from=init_from, allow_missing_sources=allow_missing_sources,
                        model=model_overrides)
@@ -171,7 +335,15 @@ def train(
             raise FileNotFoundError(f"train: parameter {name!r} is {path}, which does not exist; pass an existing checkpoint dir")
     # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
-    summary = run_recipe(config, stage, model_name)
+    node_rank = _launch_env("SMARTEDIT_NODE_RANK", node_rank, 0)
+    rdzv_endpoint = _launch_env("SMARTEDIT_RDZV_ENDPOINT", rdzv_endpoint, None)
+    if nproc_per_node * nnodes > 1:
+        summary = launch_recipe(config, stage, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+        if "steps" not in summary:
+            get_run_logger().info("node %d of %d finished; node 0 reports the run", node_rank, nnodes)
+            return summary
+    else:
+        summary = run_recipe(config, stage, model_name)
     key = ("train", "mgie", cfg.preset) if model_name == "mgie" else ("train", f"stage{stage}", cfg.preset)
     title = "MGIE" if model_name == "mgie" else f"SmartEdit stage-{stage}"
     markdown(artifact_key(*key), _markdown(summary, config, model_name) + _datasets_markdown(dataset_rows),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -302,4 +303,8 @@ def recipe_main(train: Callable[[TrainConfig], RunResult], stage: int, argv: lis
     result = train(parse_cli(argv, stage=stage))
     log.info("stage %d done: step %d, final %s, checkpoint %s", result.stage, result.steps, result.final,
              result.checkpoint)
+    # a launcher (flows/train.py under torchrun) reads the run's result from here; written by global rank 0 only
+    result_json = os.environ.get("SMARTEDIT_RESULT_JSON")
+    if result_json and os.environ.get("RANK", "0") == "0":
+        Path(result_json).write_text(json.dumps(result.to_dict()))
     return 0

@@ -10,7 +10,6 @@ training fields (they come from `model.train_config.TrainConfig`).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from model.train_config import RunResult, TrainConfig
 
@@ -19,13 +18,15 @@ def expand_manifests(manifests: list[str] | str | None) -> list[str]:
     """A path or a list of paths; a directory stands for every shardindex.json below it (how the
     `shards.built` trigger passes the event's output root)."""
     from pipeline.manifest import find_manifests
+    from pipeline.storage import as_path, is_remote
 
     paths = [manifests] if isinstance(manifests, str) else list(manifests or [])
     expanded: list[str] = []
     for path in paths:
-        if not Path(path).exists():
+        where = as_path(path)  # local, file:// or a bucket URL (s3://bucket/shards)
+        if not where.exists() and not (is_remote(where) and find_manifests(where)):
             raise FileNotFoundError(f"train: manifest {path}: no such file or directory")
-        found = find_manifests(path) if Path(path).is_dir() else [Path(path)]
+        found = [where] if where.name.endswith(".json") else find_manifests(where)
         if not found:
             raise ValueError(f"train: {path} holds no shardindex.json; convert or build shards there first")
         expanded += [str(p) for p in found]

@@ -39,6 +39,7 @@ from pipeline.provenance import Provenance, spec_hash
 from pipeline.records import Reject, Sample
 from pipeline.sources.base import SourceError
 from pipeline.sources.images import RejectError
+from pipeline.storage import as_path, is_remote
 from pipeline.writer import ShardStats, remove_stale_temporaries, stats_path, write_shard
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def _safe_reads(reader: SourceReader, records: Sequence[Any], plan: ShardPlan) -
 def convert_shard(reader: SourceReader, plan: ShardPlan, dataset_dir: Path | str) -> ShardStats:
     """Write one planned shard (skipped when complete with the same fingerprint; see `prepare_conversion`)."""
     records = reader.records()
-    return write_shard(Path(dataset_dir) / plan.name, _safe_reads(reader, records, plan),
+    return write_shard(as_path(dataset_dir) / plan.name, _safe_reads(reader, records, plan),
                        fingerprint=plan.fingerprint, build=plan.build)
 
 
@@ -179,7 +180,7 @@ def shard_plans(reader: SourceReader, shard_size: int) -> list[ShardPlan]:
 def prepare_conversion(reader: SourceReader, dataset_dir: Path | str, *, shard_size: int = 1000,
                        overwrite: bool = False) -> ConversionPlan:
     """Check inputs, plan shards, apply the rerun rule. Call with the dataset's `DatasetLock` held."""
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = as_path(dataset_dir)
     reader.check_inputs()  # whole-file problems stop here, before any shard is written
     prefix = dataset_prefix(reader)
     plans = shard_plans(reader, shard_size)
@@ -247,6 +248,8 @@ def _is_output_failure(err: OSError, dataset_dir: Path) -> bool:
 
 
 def make_output_dir(dataset_dir: Path) -> None:
+    if is_remote(dataset_dir):
+        return  # a bucket prefix needs no creating; write errors name the URL when they happen
     try:
         dataset_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(dataset_dir, os.W_OK | os.X_OK):
@@ -265,7 +268,7 @@ def convert(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Convert every record of ``reader`` into ``dataset_dir``; return the manifest (shardindex.json)."""
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = as_path(dataset_dir)
     make_output_dir(dataset_dir)
     with DatasetLock(dataset_dir):
         plan = prepare_conversion(reader, dataset_dir, shard_size=shard_size, overwrite=overwrite)

@@ -9,6 +9,11 @@ stale lock file never blocks a rerun. The holder's pid is written into the file 
 A ``ProcessPoolExecutor`` worker outlives a parent killed with SIGKILL and keeps writing; on Linux
 ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill it when the parent goes, elsewhere a
 watcher thread polls the parent's pid.
+
+On a bucket there is no flock: the lock is the object ``<dataset>/.lock``, created with an exclusive
+(conditional, ``If-None-Match: *``) PUT that fails when it exists, and deleted on release. A holder killed
+with -9 leaves it behind; the error names the holder (host, pid, time) and says to delete the object once
+that run is known dead.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+
+from pipeline.storage import as_path, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +47,30 @@ class DatasetLock:
     """``with DatasetLock(dataset_dir):`` — exclusive, non-blocking; `DatasetLockedError` names the holder's pid."""
 
     def __init__(self, dataset_dir: Path | str):
-        self.dataset_dir = Path(dataset_dir)
+        self.dataset_dir = as_path(dataset_dir)
         self.path = self.dataset_dir / LOCK_NAME
         self._fd: int | None = None
+        self._held_remote = False
+
+    def _acquire_remote(self) -> "DatasetLock":
+        holder = f"{socket.gethostname()} pid {os.getpid()} since {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+        try:
+            with self.path.fs.open(self.path.path, "xb") as f:  # exclusive create: a conditional PUT
+                f.write(holder.encode())
+        except FileExistsError:
+            try:
+                other = self.path.read_text().strip() or "unknown"
+            except FileNotFoundError:
+                other = "a run that just finished"
+            raise DatasetLockedError(
+                f"{self.dataset_dir}: another conversion ({other}) is writing this dataset; wait for it to finish "
+                f"or write to another --out (if that run is dead, delete {self.path})") from None
+        self._held_remote = True
+        return self
 
     def acquire(self) -> "DatasetLock":
+        if is_remote(self.dataset_dir):
+            return self._acquire_remote()
         self.dataset_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -61,6 +89,9 @@ class DatasetLock:
         return self
 
     def release(self) -> None:
+        if self._held_remote:
+            self.path.unlink(missing_ok=True)
+            self._held_remote = False
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)

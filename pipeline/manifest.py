@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.provenance import Provenance
 from pipeline.shards import INDEX_NAME, REJECTS_NAME, WIDS_KIND, find_manifests, index_path, load_manifest
+from pipeline.storage import as_path
 from pipeline.writer import ShardStats, atomic_write_text, stats_path
 
 __all__ = ["INDEX_NAME", "REJECTS_NAME", "WIDS_KIND", "IncompleteDatasetError", "finalize_dataset", "find_manifests",
@@ -44,7 +45,7 @@ def finalize_dataset(
     fingerprints: shard name → the fingerprint it must have been built with (a shard finished by a run
     with other settings is an error, never listed under this run's provenance).
     """
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = as_path(dataset_dir)
     stats: list[ShardStats] = []
     for shard in shard_names:
         marker = stats_path(dataset_dir / shard)

@@ -21,6 +21,7 @@ and it cannot report a malformed member without stopping); random access by samp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -35,6 +36,7 @@ from typing import Any
 import yaml
 
 from data_specs import spec_path
+from pipeline.storage import as_path, is_remote
 
 INDEX_NAME = "shardindex.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -99,8 +101,10 @@ def image_member(members: dict[str, Any], prefix: str = "") -> str | None:
 
 # ---- manifests ---------------------------------------------------------------------------------------
 def index_path(path: Path | str) -> Path:
-    """Accept a dataset directory or its ``shardindex.json``."""
-    path = Path(path)
+    """Accept a dataset directory or its ``shardindex.json`` (local, ``file://`` or an object-storage URL)."""
+    path = as_path(path)
+    if is_remote(path):  # a bucket has no directories to ask: anything not naming a .json is a dataset prefix
+        return path if path.name.endswith(".json") else path / INDEX_NAME
     return path / INDEX_NAME if path.is_dir() else path
 
 
@@ -155,10 +159,18 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
 
 def find_manifests(root: Path | str) -> list[Path]:
     """Every ``shardindex.json`` at or below ``root``, sorted."""
-    root = Path(root)
+    root = as_path(root)
     if root.is_file():
         return [root]
+    if is_remote(root):
+        return sorted((root / key for key in _remote_find(root, INDEX_NAME)), key=str)
     return sorted(root.rglob(INDEX_NAME))
+
+
+def _remote_find(root, name: str) -> list[str]:
+    # one recursive listing (fsspec's find) instead of a walk of prefixes; keys relative to root
+    base = root.path.rstrip("/") + "/"
+    return [key[len(base):] for key in root.fs.find(root.path) if key.rsplit("/", 1)[-1] == name]
 
 
 def shard_paths(path: Path | str) -> list[Path]:
@@ -191,7 +203,7 @@ def dataset_info(path: Path | str) -> DatasetInfo:
             raise ManifestError(f"{index_file}: no provenance.source and counts.sources is {sources}; "
                                 "cannot tell which source this is")
         source = sources[0]
-    return DatasetInfo(str(index_file.resolve()), str(index.get("name", index_file.parent.name)), str(source),
+    return DatasetInfo(str(index_file if is_remote(index_file) else index_file.resolve()), str(index.get("name", index_file.parent.name)), str(source),
                        sum(int(e["nsamples"]) for e in index["shardlist"]), dict(counts.get("kinds") or {}))
 
 
@@ -212,7 +224,7 @@ def iter_tar_samples(path: Path | str, on_problem: Callable[[str], None] | None 
     Each violation is passed to ``on_problem`` (and the member skipped), or raises `ShardFormatError`
     when no callback is given. Tar-level damage raises ``tarfile.TarError`` / ``OSError``.
     """
-    path = Path(path)
+    path = as_path(path)
 
     def problem(message: str) -> None:
         if on_problem is None:
@@ -221,7 +233,11 @@ def iter_tar_samples(path: Path | str, on_problem: Callable[[str], None] | None 
 
     current: dict[str, Any] | None = None
     finished: set[str] = set()
-    with tarfile.open(path, mode="r:") as tar:
+    with contextlib.ExitStack() as stack:
+        if is_remote(path):  # object storage: one streamed read of the object (tarfile's "r|" never seeks)
+            tar = stack.enter_context(tarfile.open(fileobj=stack.enter_context(path.open("rb")), mode="r|"))
+        else:
+            tar = stack.enter_context(tarfile.open(path, mode="r:"))
         for member in tar:
             if not member.isfile():
                 problem(f"member {member.name!r} is not a regular file")
@@ -248,8 +264,8 @@ def iter_tar_samples(path: Path | str, on_problem: Callable[[str], None] | None 
 
 def iter_samples(path: Path | str) -> Iterator[dict[str, Any]]:
     """Raw samples of a dataset directory / shardindex.json (index order), a ``.tar``, or a folder of tars."""
-    path = Path(path)
-    if path.is_file() and path.suffix == SHARD_SUFFIX:
+    path = as_path(path)
+    if path.name.endswith(SHARD_SUFFIX) and path.is_file():
         shards = [path]
     elif index_path(path).is_file():
         shards = shard_paths(path)
@@ -265,8 +281,29 @@ def open_indexed(path: Path | str):
     """Random access by sample index over a dataset (``wids.ShardListDataset``; members stay bytes)."""
     import wids
 
+    index = index_path(path)
+    if is_remote(index):
+        # wids resolves the shard urls against the index URL and downloads each shard once into its cache
+        # (WIDS_CACHE); its own downloaders call cloud CLIs, so fetch through fsspec instead.
+        _register_fsspec_downloads(index.protocol)
+        return wids.ShardListDataset(str(index), transformations=[lambda s: s])
     # localname=identity: read local shards in place (wids otherwise copies them into a cache directory).
-    return wids.ShardListDataset(str(index_path(path)), localname=lambda url: url, transformations=[lambda s: s])
+    return wids.ShardListDataset(str(index), localname=lambda url: url, transformations=[lambda s: s])
+
+
+def _fsspec_download(remote: str, local: str) -> None:
+    import fsspec
+
+    fs, key = fsspec.core.url_to_fs(remote)
+    fs.get_file(key, local)
+
+
+def _register_fsspec_downloads(protocol: str | tuple[str, ...]) -> None:
+    """Have wids fetch ``protocol`` URLs through fsspec (credentials from the environment), not `aws s3 cp`."""
+    from wids import wids_dl
+
+    for scheme in (protocol,) if isinstance(protocol, str) else protocol:
+        wids_dl.default_cmds[scheme] = _fsspec_download
 
 
 # ---- decoding members ---------------------------------------------------------------------------------

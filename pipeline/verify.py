@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.shards import REJECTS_NAME, SHARD_SUFFIX, index_path, iter_tar_samples, load_manifest
 from pipeline.records import Sample
 from pipeline.schema import SchemaError, validate_sample
+from pipeline.storage import as_path
 
 _CHUNK = 1 << 20
 
@@ -36,7 +37,7 @@ class VerifyReport:
 def _hashes(path: Path) -> tuple[str, str, int]:
     md5, sha = hashlib.md5(), hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         while chunk := f.read(_CHUNK):
             md5.update(chunk)
             sha.update(chunk)

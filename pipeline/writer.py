@@ -7,6 +7,10 @@ extension, so equal input gives equal bytes; the file is fsync'ed and renamed, a
 ``NAME.stats.json`` written. That stats file is the completion marker and records the shard's
 fingerprint (what shaped its bytes): a rerun skips a shard whose marker has the same fingerprint and
 rewrites every other one (pipeline/convert.py decides, under the dataset lock, whether it may).
+
+The same rule holds on object storage (`pipeline.storage`): the shard is uploaded as the temporary object,
+copied server-side to its final key (a final-named object is always complete) and the temporary deleted,
+and only then is the marker object written.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 from pipeline.records import Reject, Sample
 from pipeline.schema import SchemaError, validate_sample
+from pipeline.storage import as_path, fsync_dir, is_remote, replace
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class ShardStats:
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
-        return cls(**json.loads(path.read_text()))
+        return cls(**json.loads(as_path(path).read_text()))
 
 
 def stats_path(shard_path: Path) -> Path:
@@ -70,6 +75,7 @@ def temporary_path(path: Path) -> Path:
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
     """Delete ``*.tmp`` files left by killed runs (call only with the directory's lock held)."""
+    directory = as_path(directory)
     if not directory.is_dir():
         return []
     removed = []
@@ -89,7 +95,9 @@ class _HashingFile:
     """
 
     def __init__(self, path: Path):
-        self._f = open(path, "wb")
+        # a local file, or an object-storage upload that creates the (temporary) object only on close
+        self._remote = is_remote(path)
+        self._f = path.open("wb") if self._remote else open(path, "wb")
         self.md5 = hashlib.md5()
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -121,7 +129,8 @@ class _HashingFile:
     def close_synced(self) -> None:
         self._join()
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if not self._remote:
+            os.fsync(self._f.fileno())
         self._f.close()
 
     def abandon(self) -> None:
@@ -170,14 +179,6 @@ class _TarStream:
         self._sink.write(end + b"\0" * (-total % tarfile.RECORDSIZE))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _encode(sample: Sample) -> dict[str, bytes]:
     obj: dict[str, Any] = {"__key__": sample.key}
     obj.update(sample.files)
@@ -202,7 +203,7 @@ def write_shard(
     (``duplicate_key``). Exceptions raised by ``items`` itself propagate: the shard is then left
     unfinished (only its ``.tar.tmp``) and a rerun writes it again.
     """
-    path = Path(path)
+    path = as_path(path)
     marker = stats_path(path)
     if marker.exists() and path.exists():
         stats = ShardStats.load(marker)
@@ -211,7 +212,8 @@ def write_shard(
             return stats
         log.info("shard %s was built with other settings; rewriting it", path.name)
     marker.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     sink = _HashingFile(tmp)
     kinds: Counter[str] = Counter()
@@ -240,8 +242,8 @@ def write_shard(
         sink.abandon()
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    replace(tmp, path)
+    fsync_dir(path.parent)
     stats = ShardStats(
         url=path.name,
         nsamples=len(seen),
@@ -276,14 +278,19 @@ def _admit(sample: Sample, seen: set[str], validate: bool) -> Sample | Reject:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fsync'ed temporary file and a rename."""
+    """Write ``text`` to ``path`` through a fsync'ed temporary file and a rename (on a bucket: a temporary
+    object, then a copy to the final key)."""
+    path = as_path(path)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if is_remote(path):
+            tmp.write_bytes(text.encode("utf-8"))
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -84,9 +84,18 @@ def test_max_pixels_option_rejects_in_a_conversion(tmp_path):
     clear_cache()
     reader = get_reader("llava-instruct", fx.roots["llava-instruct"], "train", max_pixels=40 * 30 - 1, **fx.options["llava-instruct"])
     results = [reader.read(i, r) for i, r in enumerate(reader.records())]
-    reasons = [r.reason for r in results if isinstance(r, Reject)]
-    assert reasons.count("image_too_large") >= 2  # records 0 and 1 use the 40x30 image
-    assert all(isinstance(r, (Sample, Reject)) for r in results)
+    reasons = [r.reason if isinstance(r, Reject) else "kept" for r in results]
+    # records 0 and 1 use the 40x30 image (1200 px), record 2 the 48x36 one: all three over 1199 px; records 3-5
+    # fail their own checks first (empty text, path escape, missing image), so nothing is kept.
+    assert reasons == ["image_too_large"] * 3 + ["empty_text", "path_escape", "image_missing"]
+    sizes = [Image.open(fx.roots["llava-instruct"].parent / "coco" / "train2017" / name).size
+             for name in ("000000000001.jpg", "000000000002.jpg")]
+    assert [w * h > 40 * 30 - 1 for w, h in sizes] == [True, True]  # independent check of the pixel counts
+    # one pixel more allowed and the 40x30 image passes: the limit is inclusive
+    clear_cache()
+    reader = get_reader("llava-instruct", fx.roots["llava-instruct"], "train", max_pixels=40 * 30, **fx.options["llava-instruct"])
+    reasons = [r.reason if isinstance(r, Reject) else "kept" for r in (reader.read(i, r) for i, r in enumerate(reader.records()))]
+    assert reasons[:3] == ["kept", "kept", "image_too_large"]
 
 
 def test_truncated_and_corrupt_images(tmp_path):

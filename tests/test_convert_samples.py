@@ -27,11 +27,8 @@ JOBS = [
 
 
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    samples = pytest.importorskip("pipeline.samples")
-    out = tmp_path_factory.mktemp("samples")
-    samples.make_samples(out, seed=0)
-    return out
+def sample_dir(samples_seed0):
+    return samples_seed0.root
 
 
 @pytest.mark.parametrize("source,root,key", JOBS, ids=[f"{s}:{r}" for s, r, _ in JOBS])

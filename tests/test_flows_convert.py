@@ -12,11 +12,8 @@ from pipeline.verify import verify_dataset
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from pipeline.samples import make_samples
-
-    out = tmp_path_factory.mktemp("samples")
-    return make_samples(out, seed=0), out
+def samples(samples_seed0):
+    return samples_seed0, samples_seed0.root
 
 
 def test_convert_flows_write_verified_manifests(prefect_harness, samples, tmp_path):

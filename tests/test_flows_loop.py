@@ -67,6 +67,12 @@ def _render_trigger(payload_output: str) -> dict:
 
     deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"] if d["name"] == "train")
     params = copy.deepcopy(deployment["triggers"][0]["parameters"])
+    # deploy time first: `{{ $SMARTEDIT_PROFILE }}` from the deploying shell (the stack deploys with demo)
+    from prefect.utilities.templating import apply_values
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMARTEDIT_PROFILE", "demo")
+        params = apply_values(params, dict(os.environ), remove_notset=False)
     RunDeployment._upgrade_v1_templates(params)
     event = ReceivedEvent(id=uuid.uuid4(), occurred=datetime.now(timezone.utc), event="shards.built",
                           resource={"prefect.resource.id": "smartedit.shards.build-synthetic"},
@@ -133,18 +139,17 @@ def test_no_evaluation_split_reaches_a_training_batch(tmp_path):
     assert not [k for k in keys if k.startswith("heldout-")]
 
 
-def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(prefect_harness, tmp_path, monkeypatch):
+def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(prefect_harness, tmp_path, monkeypatch,
+                                                                              samples_copy):
     from prefect.events.clients import AssertingEventsClient
     from prefect.events.worker import EventsWorker
 
     from flows.convert import convert_edit
     from flows.demo import sample_sources
-    from pipeline.samples import make_samples
 
     worker = EventsWorker.instance(AssertingEventsClient)
     monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    make_samples(tmp_path / "samples", seed=0)
-    sources = [s for s in sample_sources(tmp_path / "samples")["edit"] if s["source"] == "magicbrush"]
+    sources = [s for s in sample_sources(samples_copy.root)["edit"] if s["source"] == "magicbrush"]
     out = tmp_path / "shards"
 
     def built_events():
@@ -160,7 +165,7 @@ def test_a_rerun_that_changed_nothing_neither_announces_nor_rewrites_provenance(
 
     # Inputs rewritten with the same content (as `make demo` does): new mtimes, same data. The provenance
     # keeps naming the run that built the shards; only the recorded input fingerprint follows the files.
-    for parquet in (tmp_path / "samples" / "magicbrush").rglob("*.parquet"):
+    for parquet in (samples_copy.root / "magicbrush").rglob("*.parquet"):  # a private copy: files are touched
         os.utime(parquet, ns=(parquet.stat().st_atime_ns, parquet.stat().st_mtime_ns + 10**9))
     convert_edit(sources=sources, output=str(out), shard_size=8, workers=1, runner="threads")
     assert len(built_events()) == 1

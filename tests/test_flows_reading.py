@@ -57,13 +57,11 @@ def test_readers_yield_decoded_samples_in_order(tmp_path):
     assert isinstance(indexed[0]["json"], dict)
 
 
-def test_readme_reading_example_runs_as_written(tmp_path, monkeypatch):
+def test_readme_reading_example_runs_as_written(tmp_path, monkeypatch, samples_seed0):
     from pipeline.convert import convert
-    from pipeline.samples import make_samples
     from pipeline.sources import get_reader
 
-    make_samples(tmp_path / "samples", seed=0)
-    reader = get_reader("magicbrush", tmp_path / "samples" / "magicbrush", "train")
+    reader = get_reader("magicbrush", samples_seed0.root / "magicbrush", "train")
     index = convert(reader, tmp_path / ".demo" / "shards" / "magicbrush" / "train", shard_size=4)
     readme = (ROOT / "README.md").read_text()
     code = re.search(r"<!-- reading-example[^>]*-->\s*```python\n(.*?)```", readme, re.S).group(1)

@@ -20,12 +20,16 @@ SLOPPY = "py:evaluation_fixtures:sloppy_editor"  # the same, plus a brighter bac
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from pipeline.samples import make_samples
+def samples(samples_seed0, tmp_path_factory):
+    """A private copy of the session's sample set: the test touches an input file's mtime."""
+    import shutil
 
-    out = tmp_path_factory.mktemp("samples")
-    make_samples(out, seed=0)
-    return out
+    root = tmp_path_factory.mktemp("retrain") / "samples"
+    shutil.copytree(samples_seed0.root, root)
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,11 @@ def test_retrain_end_to_end_first_run_is_promoted_with_its_evidence(prefect_harn
     assert stages["convert-segmentation"] == stages["convert-vqa"] == "skipped"  # no sources given: logged, listed
     assert stages["convert-edit"] == stages["build-synthetic"] == stages["train"] == "ran"
     assert stages["gate"] == "ran"
+    assert {Path(p).parent.parent.name for p in first["converted"]} == {"instructpix2pix", "magicbrush"}
+    assert first["skipped"] == []
+    assert first["candidate"]["protocol"] == "corrected"  # the gate compares corrected-protocol figures
+    eval_config = json.loads(next((tmp_path / "runs").glob("candidate-*/eval/report.json")).read_text())["config"]
+    assert eval_config["protocol"] == "corrected"
     registry = json.loads((tmp_path / "registry.json").read_text())
     champion = registry["champion"]
     assert champion["pipeline"] == first["candidate"]["pipeline"] and registry["anchor"] == champion
@@ -78,6 +87,20 @@ def test_retrain_end_to_end_first_run_is_promoted_with_its_evidence(prefect_harn
     assert "SmartEdit-7B (paper)" in report and "## Run settings" in report and "FG change" in report
 
     # Nothing new: both sources are current and a rerun would skip them; a changed input makes one stale.
+    # Nothing new: both sources are skipped; a strict gate (zero tolerance) decides against any regression.
+    second = retrain(**params, tolerances={"understanding.psnr": 0.0, "reasoning.psnr": 0.0})
+    assert sorted(second["skipped"]) == ["instructpix2pix", "magicbrush"] and second["converted"] == []
+    # the candidate trains from the champion's checkpoint, not from scratch
+    train_stage = next(s for s in second["stages"] if s["stage"] == "train")
+    assert f"from champion {first['candidate']['checkpoint']}" in train_stage["detail"]
+    registry = json.loads((tmp_path / "registry.json").read_text())
+    assert len(registry["history"]) == 2
+    cand, champ = second["candidate"]["metrics"], first["candidate"]["metrics"]
+    worse = any(cand[k] < champ[k] for k in ("understanding.psnr", "reasoning.psnr"))
+    assert second["promoted"] is (not worse)
+    assert registry["champion"]["pipeline"] == (first if worse else second)["candidate"]["pipeline"]
+
+    # A changed input makes its source stale again.
     magicbrush = SourceParams.model_validate(sample_sources(samples)["edit"][1])
     instructpix2pix = SourceParams.model_validate(sample_sources(samples)["edit"][0])
     assert source_is_current(magicbrush, tmp_path / "shards") and source_is_current(instructpix2pix, tmp_path / "shards")

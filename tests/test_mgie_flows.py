@@ -17,12 +17,8 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from pipeline.samples import make_samples
-
-    out = tmp_path_factory.mktemp("mgie-samples")
-    make_samples(out, seed=0)
-    return out
+def samples(samples_seed0):
+    return samples_seed0.root  # read only: the flow writes its shards, runs and registry under tmp_path
 
 
 def _smartedit_report(mgie_report):

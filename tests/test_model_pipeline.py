@@ -43,9 +43,8 @@ def _edit(pipe, seed=0, **kw):
 
 
 def test_unet_path_equals_diffusers_instruct_pix2pix(pipe):
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-    from model.pipeline import default_scheduler
     from model.processor import pil_to_signed_unit_range
 
     m = pipe.model
@@ -56,7 +55,10 @@ def test_unet_path_equals_diffusers_instruct_pix2pix(pipe):
     # picks another conv kernel (a 1e-6 difference that the random tiny UNet's large latents would amplify).
     image = pil_to_signed_unit_range(_image(2), 128)[None].contiguous()  # 16×16 latents through the ×8 VAE
     reference = StableDiffusionInstructPix2PixPipeline(
-        vae=m.vae, text_encoder=m.text_encoder, tokenizer=tok, unet=m.unet, scheduler=default_scheduler(),
+        vae=m.vae, text_encoder=m.text_encoder, tokenizer=tok, unet=m.unet,
+        # SD-1.5's literal constants, not default_scheduler(): the reference must not move with a bug in ours.
+        scheduler=EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                                  beta_schedule="scaled_linear", prediction_type="epsilon"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     reference.set_progress_bar_config(disable=True)

@@ -20,8 +20,8 @@ UNUSED_VALUES = {cid - 1 for cid in UNUSED_THING_NAMES}
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    return make_samples(tmp_path_factory.mktemp("samples") / "seed0", seed=0)
+def samples(samples_seed0):
+    return samples_seed0
 
 
 @pytest.fixture(scope="module")

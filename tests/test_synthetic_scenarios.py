@@ -15,10 +15,8 @@ from pipeline.synthetic.scene import SceneAnalysis, load_index, resolve_inputs
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from pipeline.samples import make_samples
-
-    return make_samples(tmp_path_factory.mktemp("samples"), seed=0)
+def samples(samples_seed0):
+    return samples_seed0
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.samples import make_samples
 from pipeline.sources import convert_source
 from pipeline.synthetic.build import BuildInputs, build, plan_build
 from pipeline.synthetic.config import SyntheticConfig
@@ -22,9 +21,9 @@ SCENARIOS = {"left_right": 12, "relative_size": 4, "colour": 4, "multiple_object
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, samples_seed0):
     tmp = tmp_path_factory.mktemp("shard_input")
-    samples = make_samples(tmp / "S")
+    samples = samples_seed0
     out = tmp / "O"
     for source in ("refcoco", "grefcoco"):
         convert_source(source, samples.refer, out, images=samples.refer_images)

@@ -212,13 +212,19 @@ def test_blend_is_an_exact_half_inside_and_identity_outside():
     assert np.abs(out[mask] - (inside + np.array([255, 0, 128])) / 2).max() <= 0.5
 
 
-def test_empty_mask_gives_identity_edit_with_identity_instruction():
+@pytest.mark.parametrize("mask,no_target", [(np.zeros((16, 16), bool), False),  # an empty mask (absent object)
+                                             (np.zeros((16, 16), bool), True),   # gRefCOCO no-target, empty mask
+                                             (np.ones((16, 16), bool), True)])   # no_target wins over any mask
+def test_empty_mask_gives_identity_edit_with_identity_instruction(mask, no_target):
     t = load_templates()
     image = _image(np.random.default_rng(0), 16)
-    edit = referring_edit(image, np.ones((16, 16), bool), ["the dog"], True, np.random.default_rng(1))
+    edit = referring_edit(image, mask, ["the dog"], no_target, np.random.default_rng(1))
     assert edit.identity and edit.color is None
     assert np.array_equal(edit.target, image)
     assert edit.instruction in {s.format(object="the dog") for s in t.identity}
+    # the same sentence with a non-empty mask is a real overlay edit (the identity above is not the default)
+    marked = referring_edit(image, np.eye(16, dtype=bool), ["the dog"], False, np.random.default_rng(1))
+    assert not marked.identity and not np.array_equal(marked.target, image)
 
 
 def test_labelmap_picks_a_present_class_and_marks_exactly_its_pixels():

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.storage import as_path
 from pipeline.vocabulary import SOURCES as VOCABULARY_SOURCES
 
 # source name → "module:class"; the names are the CLI's SOURCE choices and the json `source` field.
@@ -80,7 +81,7 @@ def convert_source(
     manifests = {}
     for split in splits:
         reader = get_reader(source, root, split, **options)
-        dataset_dir = Path(out) / reader.dataset_name / split
+        dataset_dir = as_path(out) / reader.dataset_name / split  # local, file:// or s3://
         callback = (lambda done, total, _s=split: progress(_s, done, total)) if progress else None
         manifests[split] = convert(reader, dataset_dir, shard_size=shard_size, workers=workers, overwrite=overwrite,
                                    progress=callback)
