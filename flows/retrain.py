@@ -1,10 +1,13 @@
-"""`retrain` (deployment `scheduled-retrain`): new shards in, a new model out only if it is not worse.
+"""`retrain` (deployment `scheduled-retrain`): new shards in, a new model out only if it edits, and edits well.
 
 Chain: convert the sources whose inputs changed (a source whose manifests record the same input
 fingerprint is skipped) → build synthetic pairs (resumable: finished shards are kept) → train stage 2
-from the current champion → evaluate the candidate on Reason-Edit with the corrected protocol → promote
-it only if no gated metric is worse than the champion's beyond its tolerance (model/registry.py). The
-champion registry records each decision with the metrics and the manifests' hashes.
+from the current champion → the promotion gate (subflow `retrain-gate`): evaluate the candidate and the
+`identity` baseline on Reason-Edit with the corrected protocol, re-evaluate the champion and the anchor (first
+champion) when their recorded settings differ, and promote only if the candidate edits, beats `identity` on
+instruction following and is not significantly worse than either reference on paired per-item differences
+(model/evaluation/gate.py). The champion registry (model/registry.py) records each decision with the per-item
+results, the settings and the manifests' hashes.
 
     prefect deployment run retrain/scheduled-retrain -p force_convert=true
 """
@@ -103,11 +106,14 @@ def retrain(
     training_overrides: dict[str, Any] | None = None,
     seeds: list[int] = [0],  # noqa: B006 - a JSON parameter, never mutated
     num_inference_steps: int | None = None,
-    tolerances: dict[str, float] | None = None,
     clip_dir: str | None = None,
     lpips_dir: str | None = None,
     device: str = "cpu",
     force_convert: bool = False,
+    dino_dir: str | None = None,
+    vlm_dir: str | None = None,
+    allow_fidelity_only: bool = False,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Convert what changed, build synthetic pairs, train stage 2 on training splits, evaluate, gate.
 
@@ -129,16 +135,19 @@ def retrain(
         training_overrides: Any other TrainConfig field of the candidate's run.
         seeds: Evaluation seeds.
         num_inference_steps: Sampler steps at evaluation (default: the pipeline's).
-        tolerances: PromotionPolicy tolerances ("group.metric" → allowed regression); default the policy's.
-        clip_dir: Local CLIP ViT-L/14 dir for the CLIP score.
+        clip_dir: Local CLIP ViT-L/14 dir: CLIP score, CLIP direction, CLIP-I (instruction-following metrics).
+        dino_dir: Local DINOv2 dir (DINO against target images, where the benchmark has them).
+        vlm_dir: Local LLaVA dir for the VLM judge column.
+        allow_fidelity_only: Let the gate run without any instruction-following metric (recorded with each
+            decision); without it the gate refuses to run then.
+        gate: GatePolicy fields (confidence, n_resamples, seed, min_fg_change, min_edit_rate, margins).
         lpips_dir: Local LPIPS weights dir.
         device: Evaluation device ("cpu", "cuda").
         force_convert: Convert every source even when its inputs did not change.
     """
     from flows.convert import convert_edit, convert_segmentation, convert_vqa
-    from flows.evaluate import evaluate_pipeline
     from flows.train import train
-    from model.registry import ChampionRegistry, PromotionPolicy, decide, flatten_metrics
+    from model.registry import ChampionRegistry
     from pipeline.manifest import find_manifests
 
     logger = get_run_logger()
@@ -147,7 +156,8 @@ def retrain(
     if profile:
         defaults = load_profile(profile)
         unknown = set(defaults) - set(given) - {"preset", "steps", "model", "num_inference_steps", "clip_dir",
-                                                "lpips_dir", "device", "training_overrides", "seeds", "tolerances"}
+                                                "lpips_dir", "device", "training_overrides", "seeds", "dino_dir",
+                                                "vlm_dir", "allow_fidelity_only", "gate"}
         if unknown:
             raise ValueError(f"retrain: profile {profile!r} has unknown fields {sorted(unknown)}")
         # explicit parameters win; the profile fills what the run left unset (preset etc. only from the profile
@@ -164,6 +174,10 @@ def retrain(
         num_inference_steps = num_inference_steps if num_inference_steps is not None else defaults.get("num_inference_steps")
         clip_dir = clip_dir or defaults.get("clip_dir")
         lpips_dir = lpips_dir or defaults.get("lpips_dir")
+        dino_dir = dino_dir or defaults.get("dino_dir")
+        vlm_dir = vlm_dir or defaults.get("vlm_dir")
+        allow_fidelity_only = allow_fidelity_only or bool(defaults.get("allow_fidelity_only", False))
+        gate = gate if gate is not None else defaults.get("gate")
         device = defaults.get("device", device) if device == "cpu" else device
         logger.info("retrain: defaults from profile %r", profile)
     missing = [k for k, v in {"sources": sources, "shards": shards, "runs": runs, "registry": registry,
@@ -241,46 +255,135 @@ def retrain(
     # A champion of the other model cannot initialise this one (different trainable sets): train from scratch then.
     same_model = champion is not None and champion.get("model", "smartedit") == model_name
     summary = train(preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"), steps=steps,
-                    resume=None, init_from=champion["checkpoint"] if same_model else None,
+                    resume=None, init_from=champion.get("checkpoint") if same_model else None,
                     allow_missing_sources=True, model=model, overrides=training_overrides)
 
-    # 4. evaluate candidate (and the champion, when its metrics on this benchmark are not recorded)
-    def metrics_of(pipeline_dir: str, out_dir: Path) -> dict[str, float | None]:
-        result = evaluate_pipeline(pipeline_dir=pipeline_dir, benchmark=benchmark, out_dir=str(out_dir),
-                                   protocol="corrected", seeds=seeds, clip_dir=clip_dir, lpips_dir=lpips_dir,
-                                   device=device, num_inference_steps=num_inference_steps)
-        groups = {g: {m: v for m, v in agg.items() if m in ("psnr", "ssim", "lpips", "clip")}
-                  for g, agg in result["groups"].items()}
-        return flatten_metrics(groups)
-
     stage("train", "ran", f"steps {summary['start_step']} → {summary['steps']}"
-          + (f" from champion {champion['checkpoint']}" if champion else " (no champion yet: fresh)"))
-    candidate_metrics = metrics_of(summary["pipeline_dir"], candidate_dir / "eval")
-    champion_metrics = None
-    if champion:
-        if champion.get("benchmark") == benchmark and champion.get("metrics"):
-            champion_metrics = champion["metrics"]
-        else:
-            champion_metrics = metrics_of(champion["pipeline"], candidate_dir / "eval-champion")
+          + (f" from champion {champion.get('checkpoint')}" if champion else " (no champion yet: fresh)"))
 
-    # 5. the gate
-    policy = PromotionPolicy(tolerances=tolerances) if tolerances else PromotionPolicy()
-    decision = decide(candidate_metrics, champion_metrics, policy)
-    entry = {
-        "model": model_name, "pipeline": summary["pipeline_dir"], "checkpoint": summary["checkpoint"], "metrics": candidate_metrics,
-        "benchmark": benchmark, "protocol": "corrected", "manifests": manifest_hashes(manifests),
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-    }
-    reg.record(entry, decision)
-    verdict = "PROMOTED" if decision.promote else "kept the champion"
-    stage("gate", "ran", verdict)
+    # 4-5. the promotion gate
+    result = promotion_gate(
+        candidate=summary["pipeline_dir"], registry=registry, benchmark=benchmark, out_dir=str(candidate_dir),
+        seeds=seeds, clip_dir=clip_dir, lpips_dir=lpips_dir, dino_dir=dino_dir, vlm_dir=vlm_dir, device=device,
+        num_inference_steps=num_inference_steps, allow_fidelity_only=allow_fidelity_only, gate=gate,
+        extra={"model": model_name, "checkpoint": summary["checkpoint"], "manifests": manifest_hashes(manifests)},
+    )
+    verdict = "PROMOTED" if result["promoted"] else "kept the champion"
+    stage("gate", "ran", f"{verdict} ({result['mode']})")
     stage_table = "\n".join(f"| {r['stage']} | {r['status']} | {r['detail']} |" for r in stages)
     used = "\n".join(f"| {r['dataset']} | {r['split']} | {r['samples']} | {r['training']} | {r['why']} |" for r in selection.rows())
-    markdown(artifact_key("retrain", "decision"), f"# Retraining: {verdict}\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
+    markdown(artifact_key("retrain", "decision"), f"# Retraining: {verdict} ({result['mode']})\n\n"
+             + "\n".join(f"- {r}" for r in result["reasons"])
              + f"\n\n## Stages\n\n| stage | status | detail |\n|---|---|---|\n{stage_table}\n"
              + f"\n## Datasets\n\n| dataset | split | samples | training | why |\n|---|---|---|---|---|\n{used}\n",
              description="scheduled retraining: promotion decision, stages run or skipped, datasets used and excluded")
+    return {**result, "converted": converted, "skipped": skipped, "stages": stages, "datasets": selection.rows()}
+
+
+def _gate_policy(gate: dict[str, Any] | None, allow_fidelity_only: bool):
+    from model.evaluation.gate import GatePolicy
+
+    fields = dict(gate or {})
+    unknown = set(fields) - {"confidence", "n_resamples", "seed", "min_fg_change", "min_edit_rate", "margins"}
+    if unknown:
+        raise ValueError(f"retrain: gate has unknown fields {sorted(unknown)}; expected confidence, n_resamples, seed, "
+                         "min_fg_change, min_edit_rate, margins")
+    return GatePolicy(**fields, allow_fidelity_only=allow_fidelity_only)
+
+
+@flow(name="retrain-gate", log_prints=False)
+def promotion_gate(
+    candidate: str,
+    registry: str,
+    benchmark: str,
+    out_dir: str,
+    seeds: list[int] = [0],  # noqa: B006 - a JSON parameter, never mutated
+    clip_dir: str | None = None,
+    lpips_dir: str | None = None,
+    dino_dir: str | None = None,
+    vlm_dir: str | None = None,
+    device: str = "cpu",
+    num_inference_steps: int | None = None,
+    allow_fidelity_only: bool = False,
+    gate: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``candidate`` (a pipeline directory, a baseline name or py:module:editor), the identity baseline
+    and, when their stored settings differ, the champion and the anchor; decide; record in ``registry``."""
+    from flows.evaluate import evaluate_pipeline
+    from model.evaluation.comparability import differences
+    from model.registry import ChampionRegistry
+
+    logger = get_run_logger()
+    policy = _gate_policy(gate, allow_fidelity_only)
+    out = Path(out_dir)
+    common = dict(benchmark=benchmark, protocol="corrected", seeds=seeds, clip_dir=clip_dir, lpips_dir=lpips_dir,
+                  dino_dir=dino_dir, vlm_dir=vlm_dir, device=device)
+    cand = evaluate_pipeline(pipeline_dir=candidate, out_dir=str(out / "eval"), num_inference_steps=num_inference_steps,
+                             **common)
+    settings = cand["settings"]
+    # the references run with the candidate's resolved sampling settings, so that every setting matches
+    sampling = dict(num_inference_steps=settings.get("num_inference_steps"),
+                    text_guidance_scale=settings.get("text_guidance_scale"),
+                    image_guidance_scale=settings.get("image_guidance_scale"), resolution=settings.get("height"))
+    identity = evaluate_pipeline(pipeline_dir="identity", out_dir=str(out / "eval-identity"), judging_page=False,
+                                 **common)
+
+    reg = ChampionRegistry(registry)
+    data = reg.load()
+    references: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
+    for role in ("champion", "anchor"):
+        entry = data.get(role)
+        if entry is None:
+            continue
+        if role == "anchor" and data["champion"] is not None and entry.get("pipeline") == data["champion"].get("pipeline"):
+            continue  # the champion is the anchor: one comparison
+        stale = differences(entry.get("settings"), settings)
+        if stale:
+            if not _evaluable(entry.get("pipeline")):
+                raise FileNotFoundError(f"{registry}: the {role}'s pipeline {entry.get('pipeline')!r} is gone, so it cannot "
+                                        f"be re-evaluated under the new settings ({'; '.join(stale)}); restore it")
+            notes.append(f"{role} re-evaluated: {'; '.join(stale)}")
+            logger.info("re-evaluating the %s (%s): %s", role, entry["pipeline"], "; ".join(stale))
+            fresh = evaluate_pipeline(pipeline_dir=entry["pipeline"], out_dir=str(out / f"eval-{role}"),
+                                      judging_page=False, **common, **{k: v for k, v in sampling.items() if v is not None})
+            still = differences(fresh["settings"], settings)
+            if still:
+                raise RuntimeError(f"the {role} could not be evaluated under the candidate's settings: {'; '.join(still)}")
+            reg.refresh(role, {"settings": fresh["settings"], "items": fresh["items"], "metrics": _means(fresh)})
+            entry = {**entry, "items": fresh["items"]}
+        references[role] = entry["items"]
+
+    from model.evaluation.gate import decide
+
+    decision = decide(cand["items"], identity["items"], references, policy)
+    decision.reasons = notes + decision.reasons
+    entry = {
+        "pipeline": candidate, "benchmark": benchmark, "protocol": "corrected", "settings": settings,
+        "items": cand["items"], "metrics": _means(cand), "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "allow_fidelity_only": allow_fidelity_only, **(extra or {}),
+    }
+    reg.record(entry, decision.to_json())
+    verdict = "PROMOTED" if decision.promote else "kept the champion"
+    markdown(artifact_key("retrain", "gate"), f"# Promotion gate: {verdict} ({decision.mode})\n\n"
+             + "\n".join(f"- {r}" for r in decision.reasons), description="promotion gate: decision and its reasons")
     logger.info("retrain: %s (%s)", verdict, "; ".join(decision.reasons))
-    return {"promoted": decision.promote, "reasons": decision.reasons, "candidate": entry, "registry": str(registry),
-            "converted": converted, "skipped": skipped, "report": str(candidate_dir / "eval" / "report.md"),
-            "stages": stages, "datasets": selection.rows()}
+    return {"promoted": decision.promote, "reasons": decision.reasons, "mode": decision.mode, "candidate": entry,
+            "registry": str(registry), "report": cand["report_md"]}
+
+
+def _evaluable(model: str | None) -> bool:
+    """A baseline name, an import path or an existing pipeline directory."""
+    from model.evaluation.baselines import baseline_name
+    from model.evaluation.evaluate import IMPORT_PREFIX
+
+    return model is not None and (baseline_name(model) is not None or model.startswith(IMPORT_PREFIX)
+                                  or Path(model).is_dir())
+
+
+def _means(result: dict[str, Any]) -> dict[str, float | None]:
+    """Group means as "group.metric" → value (for reading the registry; the gate uses the per-item results)."""
+    return {f"{g}.{m}": v for g, agg in result["groups"].items() for m, v in agg.items() if m != "n"}
+
+

@@ -25,6 +25,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         clip_dir=args.clip,
         lpips_dir=args.lpips,
+        dino_dir=args.dino,
+        vlm_dir=args.vlm_judge,
         device=args.device,
         editor_kwargs=given_overrides(args, args.sampling_options),
         progress=progress,
@@ -39,13 +41,13 @@ def _ins_align(args: argparse.Namespace) -> int:
     from model.evaluation.judging import format_ins_align, ins_align
     from model.evaluation.report import EvaluationReport
 
-    result = ins_align(args.judgements)
+    report = EvaluationReport.read_json(args.report) if args.report else None
+    result = ins_align(args.judgements, page_id=(report.page_id or None) if report else None)
     print(format_ins_align(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
-    if args.report:
-        report = EvaluationReport.read_json(args.report)
-        report.set_ins_align(result.groups, result.categories)
+    if report is not None:
+        report.set_ins_align(result.groups, result.categories, judged=sum(result.judged.values()))
         json_path, md_path = write_report_files(report, Path(args.report).parent)
         print(f"updated {json_path} and {md_path}")
     return 0
@@ -59,7 +61,9 @@ def register(subparsers) -> None:
         "evaluate",
         help="run an editor over Reason-Edit (or evaluation shards) and write metrics, report, grids, judging page",
     )
-    p.add_argument("--model", required=True, help="SmartEditPipeline or MGIEPipeline directory (save_pretrained output)")
+    p.add_argument("--model", required=True,
+                   help="SmartEditPipeline or MGIEPipeline directory (save_pretrained output) or a baseline: "
+                        "identity, random-recolour")
     p.add_argument("--benchmark", required=True, help="Reason-Edit directory, a directory of .tar shards, or a shard pattern")
     p.add_argument("--protocol", choices=("corrected", "official"), default="corrected",
                    help="corrected (default) fixes the released script's quirks; official reproduces them")
@@ -67,6 +71,8 @@ def register(subparsers) -> None:
     p.add_argument("--clip", default=None, metavar="DIR", help="local CLIP ViT-L/14 directory (CLIP column n/a without)")
     p.add_argument("--lpips", default=None, metavar="DIR",
                    help="local LPIPS weights directory: alexnet.pth/squeezenet1_1.pth [+ alex.pth/squeeze.pth]")
+    p.add_argument("--dino", default=None, metavar="DIR", help="local DINOv2 directory (DINO column, with target images)")
+    p.add_argument("--vlm-judge", default=None, metavar="DIR", help="local LLaVA directory for the VLM judge column")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="generator seeds, one edit per seed (default 0)")
     p.add_argument("--device", default="cpu", help="device for the pipeline and the metric networks (default cpu)")
     sampling = p.add_argument_group("sampling (default: the pipeline's saved sampling config)")

@@ -85,7 +85,9 @@ def test_official_reproduces_the_released_formulas(pixel_only):
     a, b = as_float(image) * keep, as_float(output) * keep
     scores = pixel_only["official"].score(image, output, mask, None)
     assert scores.psnr == pytest.approx(np_psnr(a, b), abs=1e-3)
-    assert scores.ssim == pytest.approx(float(np_ssim_map(a, b).mean()), abs=1e-4)
+    # torchmetrics <= 1.4.1 (the released script's) cropped a 5-px border off the SSIM map before averaging
+    assert scores.ssim == pytest.approx(float(np_ssim_map(a, b)[5:-5, 5:-5].mean()), abs=1e-6)
+    assert scores.ssim != pytest.approx(float(np_ssim_map(a, b).mean()), abs=1e-4)
 
 
 def test_corrected_ssim_is_the_ssim_map_averaged_over_background(pixel_only):
@@ -93,7 +95,9 @@ def test_corrected_ssim_is_the_ssim_map_averaged_over_background(pixel_only):
     output = add(mid_range_image(4), 6, -30, mask)
     output = Image.fromarray(np.clip(np.asarray(output, np.int16) + np.asarray(mid_range_image(5), np.int16) // 20, 0, 255).astype(np.uint8))
     background = np.asarray(mask) <= 127
-    expected = np_ssim_map(as_float(image), as_float(output))[background].mean()
+    # the input's edit region is composited into the output first, so windows at the mask edge see no edit
+    composite = np.where(background[..., None], as_float(output), as_float(image))
+    expected = np_ssim_map(as_float(image), composite)[background].mean()
     scores = pixel_only["corrected"].score(image, output, mask, None)
     assert scores.ssim == pytest.approx(float(expected), abs=1e-4)
     bg = background[..., None].repeat(3, axis=2)
@@ -252,3 +256,140 @@ def test_lpips_heads_default_to_the_copy_torchmetrics_ships(tmp_path):
     with torch.no_grad():
         assert float(with_heads(x, y).squeeze()) != pytest.approx(float(bundled(x, y).squeeze()), rel=1e-3)
     assert torch.equal(with_heads.net.slice1[0].weight, bundled.net.slice1[0].weight)  # same seed, same backbone
+
+
+# ---------------------------------------------------------------- corrected protocol: background only
+def np_lpips_alex_map(state: dict, heads: dict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The spatial LPIPS(alex) map (H, W): each stage's head-weighted squared feature difference, bilinearly
+    upsampled to the image (original LPIPS ``spatial=True``), summed over stages."""
+    import torch.nn.functional as F
+
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def feats(x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - shift) / scale
+        out = []
+        for i, (stride, pad, pool) in zip((0, 3, 6, 8, 10), ((4, 2, False), (1, 2, True), (1, 1, True), (1, 1, False), (1, 1, False))):
+            if pool:
+                x = F.max_pool2d(x, 3, 2)
+            x = F.relu(F.conv2d(x, state[f"features.{i}.weight"], state[f"features.{i}.bias"], stride=stride, padding=pad))
+            out.append(x)
+        return out
+
+    total = torch.zeros(1, 1, *a.shape[-2:], dtype=torch.float64)
+    with torch.no_grad():
+        fa, fb = feats(torch.from_numpy(a).float()), feats(torch.from_numpy(b).float())
+        for k, (x, y) in enumerate(zip(fa, fb)):
+            x = x / torch.sqrt(1e-8 + (x**2).sum(1, keepdim=True))
+            y = y / torch.sqrt(1e-8 + (y**2).sum(1, keepdim=True))
+            w = heads[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
+            layer = ((x - y) ** 2 * w).sum(1, keepdim=True)
+            total += F.interpolate(layer, size=a.shape[-2:], mode="bilinear", align_corners=False).double()
+    return total[0, 0].numpy()
+
+
+def to_unit_chw(im: Image.Image) -> np.ndarray:
+    return (as_float(im).transpose(2, 0, 1)[None] * 2 - 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def lpips_dir(tmp_path_factory):
+    return make_tiny_lpips(tmp_path_factory.mktemp("lpips"), "alex")
+
+
+def test_bit_identical_background_scores_ssim_one_and_lpips_zero(lpips_dir):
+    image, mask = mid_range_image(20), box_mask(S, (40, 40, 200, 180))
+    output = add(image, 0, 60, mask)  # a strong edit inside the mask, the background bit-identical
+    metrics = ReasonEditMetrics.build(MetricsConfig(protocol="corrected"), lpips_dir=lpips_dir)
+    scores = metrics.score(image, output, mask, None)
+    assert scores.ssim == 1.0 and scores.lpips == 0.0 and scores.psnr == MetricsConfig().psnr_cap_db
+    # without compositing, windows straddling the mask edge see the edit: the old figure was below 1
+    background = np.asarray(mask) <= 127
+    assert np_ssim_map(as_float(image), as_float(output))[background].mean() < 0.99
+
+
+def test_corrected_lpips_is_the_spatial_map_averaged_over_background(lpips_dir):
+    image, mask = mid_range_image(21), box_mask(S, (90, 60, 220, 200))
+    output = add(image, 9, -40, mask)
+    background = np.asarray(mask) <= 127
+    composite = Image.fromarray(np.where(background[..., None], np.asarray(output), np.asarray(image)))
+    state = torch.load(lpips_dir / "alexnet.pth", weights_only=True)
+    heads = torch.load(lpips_dir / "alex.pth", weights_only=True)
+    expected = np_lpips_alex_map(state, heads, to_unit_chw(image), to_unit_chw(composite))[background].mean()
+    metrics = ReasonEditMetrics.build(MetricsConfig(protocol="corrected"), lpips_dir=lpips_dir)
+    assert metrics.score(image, output, mask, None).lpips == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_lpips_does_not_shrink_as_the_mask_grows_for_the_same_damage(lpips_dir):
+    image = mid_range_image(22)
+    damaged = np.asarray(image, dtype=np.int16).copy()
+    damaged[:24, :24] += np.random.default_rng(0).integers(-40, 40, (24, 24, 3))  # fixed background damage
+    output = Image.fromarray(np.clip(damaged, 0, 255).astype(np.uint8))
+    corrected = ReasonEditMetrics.build(MetricsConfig(protocol="corrected"), lpips_dir=lpips_dir)
+    official = ReasonEditMetrics.build(MetricsConfig(protocol="official"), lpips_dir=make_tiny_lpips(lpips_dir, "squeeze"))
+    values, areas, diluted = [], [], []
+    for left in (232, 160, 112, 48):  # masks growing from the bottom-right corner, never over the damage
+        mask = box_mask(S, (left, left - 32, S, S))
+        areas.append((np.asarray(mask) > 127).mean())
+        values.append(corrected.score(image, output, mask, None).lpips)
+        diluted.append(official.score(image, output, mask, None).lpips)
+    assert areas[0] < 0.03 and areas[-1] > 0.7
+    assert all(b >= a for a, b in zip(values, values[1:])), values
+    assert diluted[-1] < diluted[0]  # the released script's all-pixel mean dilutes the same damage
+
+
+# ---------------------------------------------------------------- instruction following and target metrics
+def test_foreground_change_and_l1_to_target_match_numpy(pixel_only):
+    image, mask = mid_range_image(23), box_mask(S, (50, 70, 150, 200))
+    output = add(image, 3, 35, mask)
+    target = add(image, 0, 50, mask)
+    scores = pixel_only["corrected"].score(image, output, mask, None, target=target)
+    region = np.asarray(mask) > 127
+    assert scores.fg_change == pytest.approx(np.abs(as_float(output) - as_float(image))[region].mean(), abs=1e-9)
+    assert scores.l1 == pytest.approx(np.abs(as_float(output) - as_float(target)).mean(), abs=1e-9)
+    assert pixel_only["corrected"].score(image, image.copy(), mask, None).fg_change == 0.0
+    assert scores.clip_direction is None and scores.clip_i is None and scores.dino is None  # no models given
+
+
+def test_clip_direction_clip_i_and_dino_against_independent_computations(tmp_path):
+    from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, Dinov2Model
+
+    from evaluation_fixtures import make_tiny_dino
+
+    clip_dir, dino_dir = make_tiny_clip(tmp_path / "clip"), make_tiny_dino(tmp_path / "dino")
+    metrics = ReasonEditMetrics.build(MetricsConfig(protocol="corrected"), clip_dir=clip_dir, dino_dir=dino_dir)
+    image, mask = mid_range_image(24), box_mask(S, (40, 30, 140, 190))
+    output, target = add(image, 0, 45, mask), add(image, 0, 60, mask)
+    scores = metrics.score(image, output, mask, "a red cup", target=target, source_text="a blue cup")
+
+    model, processor = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    box = (40, 30, 140, 190)
+
+    def img_emb(ims):
+        px = processor(images=ims, return_tensors="pt")["pixel_values"]
+        e = model.visual_projection(model.vision_model(pixel_values=px).pooler_output).numpy()
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def txt_emb(texts):
+        tok = processor(text=texts, return_tensors="pt", padding=True)
+        e = model.text_projection(model.text_model(**tok).pooler_output).numpy()
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    with torch.no_grad():
+        i = img_emb([image.crop(box), output.crop(box)])
+        t = txt_emb(["a blue cup", "a red cup"])
+        di, dt = i[1] - i[0], t[1] - t[0]
+        expected_direction = float(di @ dt / (np.linalg.norm(di) * np.linalg.norm(dt)))
+        o = img_emb([output, target])
+        expected_clip_i = float(o[0] @ o[1])
+        dino, dproc = Dinov2Model.from_pretrained(dino_dir).eval(), AutoImageProcessor.from_pretrained(dino_dir)
+        cls = dino(pixel_values=dproc(images=[output, target], return_tensors="pt")["pixel_values"]).pooler_output.numpy()
+        expected_dino = float(cls[0] @ cls[1] / (np.linalg.norm(cls[0]) * np.linalg.norm(cls[1])))
+    assert scores.clip_direction == pytest.approx(expected_direction, abs=1e-4)
+    assert scores.clip_i == pytest.approx(expected_clip_i, abs=1e-4)
+    assert scores.dino == pytest.approx(expected_dino, abs=1e-4)
+    # a no-op has no image direction: CLIP direction 0; identical output and target: CLIP-I and DINO 1
+    noop = metrics.score(image, image.copy(), mask, "a red cup", target=image.copy())
+    assert noop.clip_direction == 0.0
+    assert noop.clip_i == pytest.approx(1.0, abs=1e-5) and noop.dino == pytest.approx(1.0, abs=1e-5)

@@ -51,7 +51,10 @@ def test_pairs_by_sorted_order(tmp_path):
 def test_mismatched_counts_name_the_folder_and_the_counts(tmp_path):
     make_reason_edit(tmp_path, per_category=2)
     (tmp_path / "3-Mirror" / "002_mask.jpg").unlink()
-    with pytest.raises(ValueError, match=r"3-Mirror: 2 input images \(\*\.png\), 1 masks .* and 2 prompt lines"):
+    with pytest.raises(ValueError, match=r"3-Mirror: no mask for \['002.png'\]; each input <stem>.png needs <stem>_mask.jpg"):
+        read_reason_edit(tmp_path)
+    (tmp_path / "3-Mirror" / "002.png").unlink()  # now the counts differ: 1 input, 2 prompt lines
+    with pytest.raises(ValueError, match=r"3-Mirror: 1 input images \(\*\.png\) with masks and 2 prompt lines"):
         read_reason_edit(tmp_path)
 
 
@@ -116,3 +119,67 @@ def test_shard_sample_without_mask_is_an_error(tmp_path):
                     "json": json.dumps({"instruction": "x"}).encode()})
     with pytest.raises(ValueError, match=r"'k1'.*no mask.png"):
         list(read_edit_shards(path))
+
+
+def test_masks_pair_by_stem_not_sorted_order(tmp_path):
+    """Names 1.png … 11.png: sorted order puts "11_mask.jpg" before "1_mask.jpg", mis-pairing 3 of 11 items."""
+    folder = tmp_path / "1-Left-Right"
+    folder.mkdir()
+    lines = []
+    for n in range(1, 12):
+        pattern_image(n, 32).save(folder / f"{n}.png")
+        box_mask(32, (0, 0, n + 1, 4)).save(folder / f"{n}_mask.png".replace(".png", ".jpg"), quality=95)
+        lines.append(f"edit number {n} CLIP: thing {n}")
+    (folder / "Left_Right_text.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    items = read_category(folder)
+    assert [i.key for i in items] == [f"1-Left-Right/{n}" for n in range(1, 12)]  # natural order of stems
+    for n, item in enumerate(items, start=1):
+        assert item.mask_path.name == f"{n}_mask.jpg" and item.instruction == f"edit number {n}"
+        width = sum(1 for x in range(32) if item.load_mask().getpixel((x, 1)) > 127)
+        assert width == n + 1  # the mask drawn for this very image
+
+
+def test_prompt_file_with_a_byte_order_mark_and_non_utf8_names_the_file(tmp_path):
+    make_reason_edit(tmp_path, per_category=1)
+    text = tmp_path / "4-Color" / CATEGORY_FILES["4-Color"]
+    text.write_bytes(b"\xef\xbb\xbf" + "make it blau CLIP: a blue thing\n".encode("utf-8"))
+    item = next(i for i in read_reason_edit(tmp_path) if i.category == "4-Color")
+    assert item.instruction == "make it blau"  # no "\ufeff" glued to the first instruction
+    text.write_bytes("make it grün CLIP: x\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"Color_text.txt: not UTF-8 text"):
+        read_reason_edit(tmp_path)
+
+
+def test_undecodable_image_names_the_file(tmp_path):
+    make_reason_edit(tmp_path, per_category=1)
+    (tmp_path / "3-Mirror" / "001.png").write_bytes(b"not a png")
+    item = next(i for i in read_reason_edit(tmp_path) if i.category == "3-Mirror")
+    with pytest.raises(ValueError, match=r"3-Mirror/001.png: cannot decode input image"):
+        item.load_image()
+
+
+def test_missing_category_folder_is_flagged_in_the_report(tmp_path):
+    import shutil
+
+    from evaluation_fixtures import brighten_editor
+
+    from model.evaluation.evaluate import evaluate
+
+    make_reason_edit(tmp_path / "bench", per_category=1, size=32)
+    shutil.rmtree(tmp_path / "bench" / "3-Mirror")
+    items = read_benchmark(tmp_path / "bench")
+    assert items.missing == ["3-Mirror"] and len(items) == 5
+    report = evaluate(brighten_editor, tmp_path / "bench", tmp_path / "out", judging_page=False, grids=False)
+    assert report.flags[0] == "category folders missing from the benchmark, not scored: 3-Mirror"
+    assert "not scored: 3-Mirror" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_shards_carry_target_images_and_source_captions(tmp_path):
+    from evaluation_fixtures import make_edit_shards, square_scene
+
+    items = read_benchmark(make_edit_shards(tmp_path / "shards", n=3, size=32))
+    src, mask, tgt = square_scene(1, 32)
+    item = items[1]
+    assert item.has_target and item.source_text == "a blue square"
+    assert list(item.load_target().getdata()) == list(tgt.getdata())
+    assert list(item.load_mask().getdata()) == list(mask.getdata())

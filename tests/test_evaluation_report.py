@@ -109,6 +109,8 @@ def test_corrected_report_differs_from_official_and_has_na_columns(official_run,
     assert corrected.groups["understanding"].missing == {"lpips": 20, "clip": 20}
     md = (out / "report.md").read_text()
     assert "**corrected**" in md and not any("never scores" in f for f in corrected.flags)
+    ours = next(ln for ln in md.splitlines() if ln.startswith("| **ours"))
+    assert "| **corrected** (not comparable) |" in ours
 
 
 def test_category_grids(official_run):
@@ -123,9 +125,10 @@ def test_category_grids(official_run):
     assert np.abs(tile - expected).max() <= 1
 
 
-def _judgements(judge: str, verdicts: dict[tuple[str, int], bool], groups: dict[str, tuple[str, str]]) -> dict:
+def _judgements(judge: str, verdicts: dict[tuple[str, int], bool], groups: dict[str, tuple[str, str]],
+                page_id: str = "p") -> dict:
     return {
-        "format": JUDGEMENTS_FORMAT, "page_id": "p", "judge": judge, "exported_at": "2024-01-01T00:00:00Z",
+        "format": JUDGEMENTS_FORMAT, "page_id": page_id, "judge": judge, "exported_at": "2024-01-01T00:00:00Z",
         "total": len(verdicts),
         "judgements": [{"key": k, "seed": s, "category": groups[k][0], "group": groups[k][1], "follows": v}
                        for (k, s), v in verdicts.items()],
@@ -167,15 +170,22 @@ def test_ins_align_cli_updates_the_report(official_run, tmp_path, capsys):
     report.write_json(run_dir / "report.json")
     verdicts = {(r.key, r.seed): r.category != "3-Mirror" for r in report.records}
     where = {r.key: (r.category, r.group) for r in report.records}
-    judgements = tmp_path / "j.json"
-    judgements.write_text(json.dumps(_judgements("carol", verdicts, where)))
-
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))
+    # an export from another page (another model, benchmark or protocol) is refused
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(_judgements("mallory", verdicts, where, page_id="other-model-corrected-0123")))
+    args = parser.parse_args(["ins-align", str(foreign), "--report", str(run_dir / "report.json")])
+    with pytest.raises(ValueError, match=r"foreign.json: exported from judging page 'other-model-corrected-0123'"):
+        args.func(args)
+
+    judgements = tmp_path / "j.json"
+    del verdicts[report.records[0].key, report.records[0].seed]  # one pair left unjudged: coverage 23 of 24
+    judgements.write_text(json.dumps(_judgements("carol", verdicts, where, page_id=report.page_id)))
     args = parser.parse_args(["ins-align", str(judgements), "--report", str(run_dir / "report.json"),
                               "--out", str(tmp_path / "ins.json")])
     assert args.func(args) == 0
-    expected_understanding = 16 / 20  # 3-Mirror (4 of 20 understanding pairs) does not follow
+    expected_understanding = 15 / 19  # 3-Mirror (4 of the 19 judged understanding pairs) does not follow
     updated = EvaluationReport.read_json(run_dir / "report.json")
     assert updated.groups["understanding"].ins_align == pytest.approx(expected_understanding)
     assert updated.groups["reasoning"].ins_align == pytest.approx(1.0)
@@ -184,6 +194,8 @@ def test_ins_align_cli_updates_the_report(official_run, tmp_path, capsys):
     assert f"{expected_understanding:.3f}" in ours
     assert json.loads((tmp_path / "ins.json").read_text())["groups"]["understanding"] == pytest.approx(expected_understanding)
     assert "understanding" in capsys.readouterr().out
+    assert updated.ins_align_coverage == {"judged": 23, "total": 24}
+    assert "Ins-align coverage: 23 of 24 (item, seed) pairs judged" in (run_dir / "report.md").read_text()
 
 
 def test_evaluate_cli_parses_its_options():
@@ -192,7 +204,91 @@ def test_evaluate_cli_parses_its_options():
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "official",
-                              "--seeds", "0", "3", "--clip", "c", "--lpips", "l"])
+                              "--seeds", "0", "3", "--clip", "c", "--lpips", "l", "--dino", "d", "--vlm-judge", "v"])
     assert (args.protocol, args.seeds, args.clip, args.lpips) == ("official", [0, 3], "c", "l")
+    assert (args.dino, args.vlm_judge) == ("d", "v")
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--model", "m", "--benchmark", "b", "--out", "o", "--protocol", "paper"])
+
+
+# ---------------------------------------------------------------- PSNR beside its capped mean, settings, page ids
+def test_pooled_error_psnr_median_and_capped_count_beside_the_capped_mean():
+    import math
+
+    from model.evaluation.report import ItemRecord, aggregate
+
+    # seven items, one with an identical background (PSNR capped at 100): the mean jumps, pooled/median do not
+    mses = [10 ** (-p / 10) for p in (28.0, 29.5, 30.0, 31.0, 30.5, 32.0)] + [0.0]
+    records = [ItemRecord(key=f"k{i}", category="c", group="understanding", seed=0, instruction="i", clip_text=None,
+                          output="o", mse=m, psnr=100.0 if m == 0 else 10 * math.log10(1 / m),
+                          notes=["psnr capped at 100 dB (identical background)"] if m == 0 else [])
+               for i, m in enumerate(mses)]
+    agg = aggregate(records)
+    psnrs = np.array([r.psnr for r in records])
+    assert agg.psnr == pytest.approx(psnrs.mean()) and agg.psnr > 40
+    assert agg.psnr_pooled == pytest.approx(10 * np.log10(1 / np.mean(mses)))  # numpy, independent
+    assert agg.psnr_median == pytest.approx(float(np.median(psnrs))) == 30.5
+    assert agg.psnr_capped == 1 and agg.psnr_pooled < 32
+
+
+def test_report_names_settings_metric_models_capped_count_and_the_comparability_note(bench, tmp_path_factory):
+    from evaluation_fixtures import make_tiny_lpips
+
+    lpips_dir = make_tiny_lpips(tmp_path_factory.mktemp("w") / "lpips", "alex")
+    out = tmp_path_factory.mktemp("identity")
+    report = evaluate("identity", bench, out, lpips_dir=lpips_dir, judging_page=False, grids=False)
+    md = (out / "report.md").read_text()
+    assert "corrected protocol: these rows are NOT comparable with the paper's Table 1" in md
+    assert "- PSNR: 12 of 12 values capped at 100 dB" in md  # identity: every background identical
+    assert "- Ins-align coverage: 0 of 12 (item, seed) pairs judged" in md
+    assert f"| benchmark_hash | `{report.settings['benchmark_hash']}` |" in md
+    assert f"alex:{lpips_dir}@" in md  # the LPIPS backbone and its weights directory
+    # instruction-following columns sit in a table right after Table 1; identity changes nothing
+    table = md[md.index("## Instruction following"):md.index("## Per category")]
+    assert table.count("| 0.000 |") >= 2 and "| understanding | 10 | 100.000 | inf | 100.000 | 10 |" in table
+    assert all(r.ssim == 1.0 and r.lpips == 0.0 and r.fg_change == 0.0 for r in report.records)
+    again = EvaluationReport.read_json(out / "report.json")
+    assert again.groups["understanding"].psnr_pooled == float("inf") and again.settings == report.settings
+
+
+def test_benchmark_hash_follows_content_and_page_ids_differ_per_model(bench, tmp_path):
+    import shutil
+
+    from model.evaluation.evaluate import judging_page_id
+    from model.evaluation.reason_edit import benchmark_hash, read_benchmark
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bench, copy)
+    assert benchmark_hash(read_benchmark(copy)) == benchmark_hash(read_benchmark(bench))  # content, not path
+    mask = next(copy.glob("4-Color/*_mask.jpg"))
+    mask.write_bytes(mask.read_bytes() + b"\0")
+    assert benchmark_hash(read_benchmark(copy)) != benchmark_hash(read_benchmark(bench))
+    # two models whose directories are both called "pipeline" get different pages (and localStorage slots)
+    a = judging_page_id("runs/a/pipeline@1111", "h", "corrected")
+    b = judging_page_id("runs/b/pipeline@2222", "h", "corrected")
+    assert a != b and a.startswith("pipeline-corrected-") and judging_page_id("runs/a/pipeline@1111", "h", "official") != a
+
+
+def test_judging_page_uses_jpeg_thumbnails(tmp_path):
+    import base64
+    import io
+    import re
+
+    from evaluation_fixtures import pattern_image
+
+    from model.evaluation.judging import JudgingEntry, write_judging_page
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(6):
+        src, out = tmp_path / f"in{i}.png", tmp_path / f"out{i}.png"
+        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(src)  # incompressible 512-px PNG
+        pattern_image(i, 512).save(out)
+        entries.append(JudgingEntry(f"c/{i}", 0, "c", "understanding", "do it", src, out))
+    page = write_judging_page(entries, tmp_path / "judging.html", page_id="m-corrected-0123456789abcdef").read_text()
+    uris = re.findall(r'"data:image/(\w+);base64,([^"]+)"', page)
+    assert len(uris) == 12 and {fmt for fmt, _ in uris} == {"jpeg"}
+    with Image.open(io.BytesIO(base64.b64decode(uris[0][1]))) as thumb:
+        assert max(thumb.size) == 256
+    assert '"ins-align:" + PAGE_ID' in page
+    assert len(page) < 6 * 2 * 60_000  # a 512-px noise PNG is ~790 KB; its thumbnail a few tens of KB

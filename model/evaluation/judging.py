@@ -1,8 +1,11 @@
 """Ins-align, the paper's human judgement: the fraction of edits that follow the instruction.
 
-``write_judging_page`` makes one self-contained HTML file (images inlined, no server, no network) showing input,
-output and instruction for each (item, seed) with two buttons, "follows" / "does not follow". Judgements persist
-in the browser's localStorage and are exported as a downloadable JSON file::
+``write_judging_page`` makes one self-contained HTML file (no server, no network) showing input, output and
+instruction for each (item, seed) with two buttons, "follows" / "does not follow". Images are inlined as JPEG
+thumbnails (``side`` px, quality 85: ~10 KB each instead of a full PNG).
+The page carries a unique id (model fingerprint + benchmark hash + protocol, ``evaluate.judging_page_id``):
+judgements persist in the browser's localStorage under that id, so a second model's page never starts with the
+first one's verdicts, and are exported as a downloadable JSON file::
 
     {"format": "smartedit-ins-align-judgements-v1", "page_id": ..., "judge": ..., "exported_at": ...,
      "total": N, "judgements": [{"key", "seed", "category", "group", "follows": true|false}, ...],
@@ -10,6 +13,7 @@ in the browser's localStorage and are exported as a downloadable JSON file::
 
 ``ins_align`` turns one or more such files (several judges) into Ins-align per group and per category: each
 (item, seed) scores the mean of its judges' verdicts, and a group's figure is the mean over its judged pairs.
+Given the report's ``page_id`` it refuses exports made on another page.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ def _data_uri(path: Path, side: int) -> str:
         thumb: Image.Image = im.convert("RGB")
     thumb.thumbnail((side, side))
     buf = io.BytesIO()
-    thumb.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    thumb.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 _PAGE = """<!DOCTYPE html>
@@ -194,8 +198,11 @@ def _load(source: Path | str | dict) -> tuple[dict, str]:
     return data, str(path)
 
 
-def ins_align(sources: list[Path | str | dict]) -> InsAlign:
-    """Ins-align from judgement exports of the judging page (one file per judge, or several sessions)."""
+def ins_align(sources: list[Path | str | dict], page_id: str | None = None) -> InsAlign:
+    """Ins-align from judgement exports of the judging page (one file per judge, or several sessions).
+
+    With ``page_id`` (the report's), an export made on any other page is refused: its verdicts are about another
+    model, benchmark or protocol."""
     verdicts: dict[tuple[str, int], list[bool]] = {}
     where: dict[tuple[str, int], tuple[str, str]] = {}
     judged_anywhere: set[tuple[str, int]] = set()
@@ -205,6 +212,11 @@ def ins_align(sources: list[Path | str | dict]) -> InsAlign:
         data, name = _load(source)
         if data.get("format") != JUDGEMENTS_FORMAT:
             raise ValueError(f"{name}: field 'format' is {data.get('format')!r}, expected {JUDGEMENTS_FORMAT!r}")
+        if page_id is not None and data.get("page_id") != page_id:
+            raise ValueError(
+                f"{name}: exported from judging page {data.get('page_id')!r}, but the report's page is {page_id!r} "
+                "(another model, benchmark or protocol); judge this report's judging.html and export again"
+            )
         result.judges.append(data.get("judge") or "anonymous")
         for i, j in enumerate(data.get("judgements", [])):
             if not isinstance(j.get("follows"), bool):

@@ -77,17 +77,19 @@ def _features_state_dict(state: dict[str, torch.Tensor], where: Path) -> dict[st
     raise ValueError(f"{where}: not a torchvision AlexNet/SqueezeNet state dict (no 'features.*' keys); got {list(state)[:4]}")
 
 
-def load_lpips(lpips_dir: Path | str, net: LpipsNet = "alex") -> torch.nn.Module:
+def load_lpips(lpips_dir: Path | str, net: LpipsNet = "alex", spatial: bool = False) -> torch.nn.Module:
     """torchmetrics' LPIPS network with backbone and linear heads from ``lpips_dir``; eval mode, no grads.
 
-    Call as ``module(img0, img1)`` with (N, 3, H, W) tensors in [-1, 1]; returns (N, 1, 1, 1) distances.
+    Call as ``module(img0, img1)`` with (N, 3, H, W) tensors in [-1, 1]; returns (N, 1, 1, 1) distances, or with
+    ``spatial=True`` the (N, 1, H, W) distance map (each layer's map bilinearly upsampled to the image, summed:
+    the original LPIPS ``spatial`` option), whose average over chosen pixels is a masked LPIPS.
     """
     import torch
     from torchmetrics.functional.image.lpips import _NoTrainLpips
 
     backbone_file, heads_file = resolve_weight_files(lpips_dir, net)
     # pnet_rand=True: torchvision builds the architecture with weights=None, so nothing is downloaded.
-    module = _NoTrainLpips(net=net, pretrained=True, pnet_rand=True, model_path=str(heads_file))
+    module = _NoTrainLpips(net=net, pretrained=True, pnet_rand=True, model_path=str(heads_file), spatial=spatial)
     heads = torch.load(heads_file, map_location="cpu", weights_only=True)
     missing_heads = [f"lin{i}.model.1.weight" for i in range(len(module.lins)) if f"lin{i}.model.1.weight" not in heads]
     if missing_heads:

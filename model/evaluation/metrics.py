@@ -5,9 +5,11 @@ nearest-neighbour, as the released script does. Then, per item:
 
 ``official`` — reproduces SmartEdit's ``test/metrics_evaluation.py``:
   * the JPEG mask is not binarised: ``m = pixel / 255`` (float), and both images are multiplied by ``1 − m``;
-  * PSNR (data range 1), SSIM (torchmetrics defaults: Gaussian 11×11, σ 1.5) and LPIPS (SqueezeNet, inputs
-    scaled to [−1, 1]) are computed over ALL pixels of those products, so the zeroed edit region counts as a
-    perfectly preserved background and inflates PSNR/SSIM;
+  * PSNR (data range 1), SSIM (Gaussian 11×11, σ 1.5) and LPIPS (SqueezeNet, inputs scaled to [−1, 1]) are
+    computed over ALL pixels of those products, so the zeroed edit region counts as a perfectly preserved
+    background and inflates PSNR/SSIM;
+  * SSIM as torchmetrics ≤ 1.4.1 computed it (the version the released script ran with): the SSIM map with a
+    5-px border (half the window) cropped away before averaging; torchmetrics ≥ 1.5 averages the whole map;
   * the CLIP crop box is min/max row and column of every non-zero mask pixel (JPEG noise included), passed
     to PIL as ``crop((left, top, right, bottom))``. PIL boxes are end-exclusive, so the last mask row and column
     are dropped: the crop is (right − left) × (bottom − top) instead of (right − left + 1) × (bottom − top + 1).
@@ -18,13 +20,20 @@ nearest-neighbour, as the released script does. Then, per item:
 
 ``corrected`` (default):
   * mask binarised, edited region = pixel > 127, background = the rest;
-  * PSNR from the MSE over background pixels only; SSIM = torchmetrics' full SSIM map of the unmasked images
-    averaged over background pixels; LPIPS (AlexNet) between the two images with the edit region zeroed;
+  * background-only statistics. PSNR from the MSE over background pixels. Before SSIM and LPIPS the input's
+    edit region is composited into the output (out' = region ? input : output), so a window that straddles the
+    mask edge sees no foreground change; SSIM = the SSIM map of (input, out') averaged over background pixels
+    (a bit-identical background scores exactly 1); LPIPS (AlexNet) = LPIPS' spatial map (per-layer distance
+    maps upsampled to the image, ``spatial=True``) of (input, out') averaged over background pixels, so the
+    same background damage scores the same whatever the mask's size;
   * CLIP crop = exact bounding box of the binarised region, last row and column included.
 
 Both: CLIP = 100 · max(cos, 0) between the cropped output and the CLIP text (torchmetrics CLIPScore); an empty
 mask crops nothing (whole image, noted). A PSNR of +inf (identical backgrounds) is capped at
-``MetricsConfig.psnr_cap_db`` and noted, so means stay finite and a perfect background is not dropped.
+``MetricsConfig.psnr_cap_db`` and noted, so means stay finite and a perfect background is not dropped; each item
+also keeps its background MSE (``mse``) so the report can give the PSNR of the pooled error beside the capped mean.
+Instruction-following scores (``fg_change``, ``clip_direction``, ``vlm``, and ``l1``/``clip_i``/``dino`` where a
+target image exists) come from ``model.evaluation.instruction_following``.
 A mask covering the whole image has no background: the corrected PSNR/SSIM/LPIPS are None (noted).
 """
 
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from model.evaluation.clip_score import ForegroundClipScorer
+    from model.evaluation.instruction_following import InstructionFollowing
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +84,26 @@ class MetricsConfig:
 
 @dataclass
 class ItemScores:
-    """Metrics of one (item, seed). None: not computed (missing weights, no background, no CLIP text)."""
+    """Metrics of one (item, seed). None: not computed (missing weights, no background, no CLIP text, no target)."""
 
     psnr: float | None = None
     ssim: float | None = None
     lpips: float | None = None
     clip: float | None = None
+    mse: float | None = None
+    """Background mean squared error (data range 1) behind ``psnr``, kept for the pooled-error PSNR."""
+    fg_change: float | None = None
+    """Mean absolute change inside the edit region, [0, 1] (0 = the region was left as it was)."""
+    clip_direction: float | None = None
+    """CLIP directional similarity of the edit-region crop, [-1, 1]."""
+    vlm: float | None = None
+    """Local VLM judge: VIEScore-style overall score sqrt(SC · PQ) / 10, [0, 1]."""
+    l1: float | None = None
+    """MagicBrush L1 between output and target image, [0, 1] (lower is better)."""
+    clip_i: float | None = None
+    """MagicBrush CLIP-I: cosine of CLIP image embeddings of output and target."""
+    dino: float | None = None
+    """MagicBrush DINO: cosine of DINOv2 embeddings of output and target."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -132,10 +156,12 @@ def _finite_psnr(value: float, cap: float, notes: list[str]) -> float:
 
 
 class ReasonEditMetrics:
-    """Scores (input, output, mask, CLIP text) under one protocol; LPIPS and CLIP only when their weights are given.
+    """Scores (input, output, mask, CLIP text[, target]) under one protocol; the model-based columns only when
+    their weights are given.
 
     ``lpips`` is a module from ``model.evaluation.lpips.load_lpips`` matching the protocol's backbone
-    (``LPIPS_NET``); ``clip`` a ``ForegroundClipScorer``.
+    (``LPIPS_NET``; spatial for the corrected protocol); ``clip`` a ``ForegroundClipScorer``; ``following`` an
+    ``InstructionFollowing`` (CLIP direction, CLIP-I, DINO, VLM judge).
     """
 
     def __init__(
@@ -143,10 +169,14 @@ class ReasonEditMetrics:
         config: MetricsConfig | None = None,
         lpips: torch.nn.Module | None = None,
         clip: ForegroundClipScorer | None = None,
+        following: InstructionFollowing | None = None,
     ) -> None:
+        from model.evaluation.instruction_following import InstructionFollowing
+
         self.config = config or MetricsConfig()
         self.lpips = lpips
         self.clip = clip
+        self.following = following or InstructionFollowing()
 
     @classmethod
     def build(
@@ -155,14 +185,20 @@ class ReasonEditMetrics:
         clip_dir: Path | str | None = None,
         lpips_dir: Path | str | None = None,
         device: str = "cpu",
+        dino_dir: Path | str | None = None,
+        vlm_dir: Path | str | None = None,
     ) -> ReasonEditMetrics:
-        """Load LPIPS (the protocol's backbone) and CLIP from local directories; either may be None (n/a)."""
+        """Load LPIPS (the protocol's backbone), CLIP, DINOv2 and a VLM judge from local directories; any may be
+        None (its columns are n/a)."""
+        from model.evaluation.instruction_following import InstructionFollowing
+
         config = config or MetricsConfig()
         lpips = clip = None
         if lpips_dir is not None:
             from model.evaluation.lpips import load_lpips
 
-            lpips = load_lpips(lpips_dir, LPIPS_NET[config.protocol]).to(device)  # type: ignore[arg-type]
+            net = LPIPS_NET[config.protocol]
+            lpips = load_lpips(lpips_dir, net, spatial=config.protocol == "corrected").to(device)  # type: ignore[arg-type]
         else:
             logger.warning("no LPIPS weights directory given: the LPIPS column is n/a")
         if clip_dir is not None:
@@ -170,11 +206,24 @@ class ReasonEditMetrics:
 
             clip = ForegroundClipScorer(clip_dir, device=device)
         else:
-            logger.warning("no CLIP directory given: the CLIP column is n/a")
-        return cls(config, lpips=lpips, clip=clip)
+            logger.warning("no CLIP directory given: the CLIP, CLIP-direction and CLIP-I columns are n/a")
+        following = InstructionFollowing.build(clip_dir=clip_dir, dino_dir=dino_dir, vlm_dir=vlm_dir, device=device)
+        return cls(config, lpips=lpips, clip=clip, following=following)
 
-    def score(self, image: Image.Image, output: Image.Image, mask: Image.Image, clip_text: str | None) -> ItemScores:
+    def score(
+        self,
+        image: Image.Image,
+        output: Image.Image,
+        mask: Image.Image,
+        clip_text: str | None,
+        target: Image.Image | None = None,
+        instruction: str | None = None,
+        source_text: str | None = None,
+    ) -> ItemScores:
+        """All metrics of one edit. ``target``: the ground-truth edited image, when the benchmark has one;
+        ``instruction``: for the VLM judge; ``source_text``: caption of the input for CLIP direction."""
         inp, out, out_pil, raw_mask = prepare(image, output, mask, self.config.size)
+        region = raw_mask > self.config.mask_threshold  # the edit region, binarised (both protocols, for following)
         if self.config.protocol == "official":
             scores = self._official(inp, out, raw_mask)
             box = official_crop_box(raw_mask)
@@ -182,22 +231,26 @@ class ReasonEditMetrics:
                 box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
                 scores.notes.append("official crop box was empty (one-pixel-wide mask); widened to one pixel")
         else:
-            region = raw_mask > self.config.mask_threshold
             scores = self._corrected(inp, out, region)
             box = exact_crop_box(region)
+        crop = out_pil if box is None else out_pil.crop(box)
         if self.clip is not None and clip_text:
             if box is None:
                 scores.notes.append("empty mask: CLIP scored on the whole output")
-                crop = out_pil
-            else:
-                crop = out_pil.crop(box)
             scores.clip = self.clip.score(crop, clip_text)
         elif self.clip is not None:
             scores.notes.append("no CLIP text for this item")
+        inp_pil = image.convert("RGB").resize(out_pil.size, resample=_bicubic())
+        self.following.score(
+            scores, inp=inp, out=out, region=region, inp_crop=inp_pil if box is None else inp_pil.crop(box), out_crop=crop,
+            inp_pil=inp_pil, out_pil=out_pil, clip_text=clip_text, source_text=source_text, instruction=instruction,
+            target=target,
+        )
         return scores
 
-    def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float | None:
-        """LPIPS of (3, H, W) images in [0, 1]; the network takes [-1, 1] like the released script feeds it."""
+    def _lpips(self, a: torch.Tensor, b: torch.Tensor, background: torch.Tensor | None = None) -> float | None:
+        """LPIPS of (3, H, W) images in [0, 1]; the network takes [-1, 1] like the released script feeds it.
+        With ``background`` ((H, W) bool) the spatial map is averaged over those pixels only."""
         import torch
 
         if self.lpips is None:
@@ -205,37 +258,69 @@ class ReasonEditMetrics:
         device = next(self.lpips.parameters()).device
         with torch.no_grad():
             value = self.lpips(a[None].to(device) * 2 - 1, b[None].to(device) * 2 - 1)
-        return float(value.squeeze())
+        if background is None:
+            return float(value.mean())  # (1, 1, 1, 1), or the spatial map's mean
+        if value.shape[-2:] != background.shape:
+            raise ValueError("corrected LPIPS needs the spatial LPIPS module (load_lpips(..., spatial=True))")
+        return float(value[0, 0][background.to(value.device)].mean())
 
     def _official(self, inp: torch.Tensor, out: torch.Tensor, raw_mask: np.ndarray) -> ItemScores:
         import torch
-        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+        from torchmetrics.functional.image import structural_similarity_index_measure
 
         keep = 1.0 - torch.from_numpy(raw_mask.astype("float32") / 255.0)  # (H, W), not binarised: JPEG noise stays
         a, b = inp * keep, out * keep
         notes: list[str] = []
-        psnr = float(peak_signal_noise_ratio(a[None], b[None], data_range=1.0))
-        ssim = float(structural_similarity_index_measure(a[None], b[None], data_range=1.0))
-        return ItemScores(
-            psnr=_finite_psnr(psnr, self.config.psnr_cap_db, notes), ssim=ssim, lpips=self._lpips(a, b), notes=notes
+        mse = float(torch.mean((a.double() - b.double()) ** 2))
+        # torchmetrics <= 1.4.1 (the released script's) cropped half the 11-px window from every side of the SSIM
+        # map before averaging; today's torchmetrics averages the whole map, so crop its full map ourselves.
+        _, ssim_map = structural_similarity_index_measure(
+            a[None].double(), b[None].double(), data_range=1.0, return_full_image=True
         )
+        ssim = float(ssim_map[..., 5:-5, 5:-5].mean())
+        return ItemScores(psnr=_psnr(mse, self.config.psnr_cap_db, notes), ssim=ssim, lpips=self._lpips(a, b),
+                          mse=mse, notes=notes)
 
     def _corrected(self, inp: torch.Tensor, out: torch.Tensor, region: np.ndarray) -> ItemScores:
         import torch
-        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+        from torchmetrics.functional.image import structural_similarity_index_measure
 
         background = torch.from_numpy(~region)  # (H, W) bool
         if not bool(background.any()):
             return ItemScores(notes=["mask covers the whole image: no background to score"])
         notes: list[str] = []
         bg3 = background.expand_as(inp)
-        psnr = float(peak_signal_noise_ratio(inp[bg3], out[bg3], data_range=1.0))
-        _, ssim_map = structural_similarity_index_measure(inp[None], out[None], data_range=1.0, return_full_image=True)
-        ssim = float(ssim_map[0][bg3].mean())
-        keep = background.to(inp.dtype)
+        mse = float(torch.mean((inp.double()[bg3] - out.double()[bg3]) ** 2))
+        composite = torch.where(bg3, out, inp)  # the input's edit region pasted into the output
+        if torch.equal(composite, inp):
+            ssim = 1.0  # SSIM(x, x) = 1 exactly; float variance clamping inside torchmetrics can land a hair below
+        else:
+            _, ssim_map = structural_similarity_index_measure(
+                inp[None].double(), composite[None].double(), data_range=1.0, return_full_image=True
+            )
+            ssim = float(ssim_map[0][bg3].mean())
         return ItemScores(
-            psnr=_finite_psnr(psnr, self.config.psnr_cap_db, notes),
+            psnr=_psnr(mse, self.config.psnr_cap_db, notes),
             ssim=ssim,
-            lpips=self._lpips(inp * keep, out * keep),
+            lpips=self._lpips(inp, composite, background),
+            mse=mse,
             notes=notes,
         )
+
+
+def _psnr(mse: float, cap: float, notes: list[str]) -> float:
+    """PSNR (data range 1) from a mean squared error; +inf (and anything above ``cap``) is capped and noted."""
+    if math.isnan(mse):
+        return math.nan
+    return _finite_psnr(math.inf if mse == 0 else 10 * math.log10(1.0 / mse), cap, notes)
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR (data range 1) of a mean squared error, +inf for 0."""
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _bicubic():
+    from PIL import Image
+
+    return Image.Resampling.BICUBIC

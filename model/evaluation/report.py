@@ -17,7 +17,14 @@ from data_specs import spec_path
 
 METRICS = ("psnr", "ssim", "lpips", "clip")
 TABLE_METRICS = METRICS + ("ins_align",)
-METRIC_TITLES = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "clip": "CLIP↑", "ins_align": "Ins-align↑"}
+FOLLOWING = ("fg_change", "clip_direction", "vlm", "l1", "clip_i", "dino")
+"""Instruction-following columns (model.evaluation.instruction_following)."""
+RECORD_METRICS = METRICS + ("mse",) + FOLLOWING
+METRIC_TITLES = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "clip": "CLIP↑", "ins_align": "Ins-align↑",
+                 "fg_change": "FG change", "clip_direction": "CLIP-dir↑", "vlm": "VLM↑", "l1": "L1↓",
+                 "clip_i": "CLIP-I↑", "dino": "DINO↑"}
+NOT_COMPARABLE = ("corrected protocol: these rows are NOT comparable with the paper's Table 1, which was computed "
+                  "with the released script (our `official` protocol)")
 GROUPS = ("understanding", "reasoning")
 PAPER_TABLE = spec_path("reason_edit_paper_table1.yaml")
 REPORT_FORMAT = "smartedit-reason-edit-report-v1"
@@ -73,12 +80,23 @@ class ItemRecord:
     ssim: float | None = None
     lpips: float | None = None
     clip: float | None = None
+    mse: float | None = None
+    fg_change: float | None = None
+    clip_direction: float | None = None
+    vlm: float | None = None
+    l1: float | None = None
+    clip_i: float | None = None
+    dino: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Aggregate:
-    """Means over (item, seed) records with a value; ``missing`` counts records without one, per metric."""
+    """Means over (item, seed) records with a value; ``missing`` counts records without one, per metric.
+
+    PSNR beside its capped mean: ``psnr_pooled`` is the PSNR of the pooled background error (mean of the items'
+    MSE; +inf only if every background is identical), ``psnr_median`` the median of the capped values and
+    ``psnr_capped`` how many values were capped (identical backgrounds)."""
 
     n: int
     psnr: float | None = None
@@ -86,16 +104,33 @@ class Aggregate:
     lpips: float | None = None
     clip: float | None = None
     ins_align: float | None = None
+    fg_change: float | None = None
+    clip_direction: float | None = None
+    vlm: float | None = None
+    l1: float | None = None
+    clip_i: float | None = None
+    dino: float | None = None
+    psnr_pooled: float | None = None
+    psnr_median: float | None = None
+    psnr_capped: int = 0
     missing: dict[str, int] = field(default_factory=dict)
 
 
 def aggregate(records: list[ItemRecord]) -> Aggregate:
     agg = Aggregate(n=len(records))
-    for metric in METRICS:
+    for metric in METRICS + FOLLOWING:
         values = [getattr(r, metric) for r in records if getattr(r, metric) is not None]
         setattr(agg, metric, statistics.fmean(values) if values else None)
-        if len(values) < len(records):
+        if len(values) < len(records) and (metric in METRICS or values):
             agg.missing[metric] = len(records) - len(values)
+    psnrs = [r.psnr for r in records if r.psnr is not None]
+    if psnrs:
+        agg.psnr_median = statistics.median(psnrs)
+    agg.psnr_capped = sum(any("psnr capped" in n for n in r.notes) for r in records)
+    mses = [r.mse for r in records if r.mse is not None]
+    if mses:
+        pooled = statistics.fmean(mses)
+        agg.psnr_pooled = math.inf if pooled == 0 else 10 * math.log10(1.0 / pooled)
     return agg
 
 
@@ -112,6 +147,12 @@ class EvaluationReport:
     """Per group: standard deviation across seeds of the per-seed means (only with two or more seeds)."""
     flags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What makes two evaluations comparable (model.evaluation.comparability.SETTING_KEYS)."""
+    page_id: str = ""
+    """The Ins-align judging page's id; judgement exports from another page are refused."""
+    ins_align_coverage: dict[str, int] = field(default_factory=dict)
+    """{"judged": (item, seed) pairs with a verdict, "total": pairs on the page}."""
     format: str = REPORT_FORMAT
 
     @classmethod
@@ -145,7 +186,10 @@ class EvaluationReport:
                     if len(vals := [getattr(a, m) for a in per_seed if getattr(a, m) is not None]) > 1
                 }
 
-    def set_ins_align(self, groups: dict[str, float | None], categories: dict[str, float | None]) -> None:
+    def set_ins_align(self, groups: dict[str, float | None], categories: dict[str, float | None],
+                      judged: int | None = None) -> None:
+        if judged is not None:
+            self.ins_align_coverage = {"judged": judged, "total": len(self.records)}
         for name, value in groups.items():
             if name in self.groups:
                 self.groups[name].ins_align = value
@@ -158,7 +202,9 @@ class EvaluationReport:
 
     def write_json(self, path: Path | str) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        # JSON has no infinity: a pooled PSNR of identical backgrounds is written as the string "inf"
+        path.write_text(json.dumps(_json_safe(self.to_dict()), indent=1, ensure_ascii=False, allow_nan=False),
+                        encoding="utf-8")
         return path
 
     @classmethod
@@ -168,8 +214,8 @@ class EvaluationReport:
         if data.get("format") != REPORT_FORMAT:
             raise ValueError(f"{path}: field 'format' is {data.get('format')!r}, expected {REPORT_FORMAT!r}")
         data["records"] = [ItemRecord(**r) for r in data["records"]]
-        data["categories"] = {k: Aggregate(**v) for k, v in data["categories"].items()}
-        data["groups"] = {k: Aggregate(**v) for k, v in data["groups"].items()}
+        data["categories"] = {k: Aggregate(**_inf_back(v)) for k, v in data["categories"].items()}
+        data["groups"] = {k: Aggregate(**_inf_back(v)) for k, v in data["groups"].items()}
         return cls(**data)
 
     def to_markdown(self, paper: PaperTable | None = None) -> str:
@@ -180,7 +226,20 @@ class EvaluationReport:
             f"- model: `{self.model}`",
             f"- benchmark: `{self.benchmark}` ({len({r.key for r in self.records})} items, seeds {self.seeds})",
         ]
+        if self.protocol == "corrected":
+            lines.append(f"- **note:** {NOT_COMPARABLE}")
         lines += [f"- **note:** {flag}" for flag in self.flags]
+        capped = sum(any("psnr capped" in n for n in r.notes) for r in self.records)
+        with_psnr = sum(r.psnr is not None for r in self.records)
+        lines.append(f"- PSNR: {capped} of {with_psnr} values capped at {self.config.get('psnr_cap_db', 100.0):g} dB "
+                     "(identical backgrounds); pooled-error PSNR and median are given beside the capped mean below")
+        cov = self.ins_align_coverage
+        lines.append(f"- Ins-align coverage: {cov['judged']} of {cov['total']} (item, seed) pairs judged" if cov
+                     else f"- Ins-align coverage: 0 of {len(self.records)} (item, seed) pairs judged (page id "
+                          f"`{self.page_id}`)")
+        if self.settings:
+            lines += ["", "## Run settings", "", "| setting | value |", "|---|---|"]
+            lines += [f"| {k} | `{_setting(v)}` |" for k, v in self.settings.items()]
         header = ["Method", "Protocol"] + [f"{g[0].upper()} {METRIC_TITLES[m]}" for g in GROUPS for m in TABLE_METRICS]
         lines += [
             "",
@@ -193,7 +252,8 @@ class EvaluationReport:
             cells = [f"{row.method} (paper)", f"paper ({paper.protocol})"]
             cells += [_fmt(getattr(getattr(row, g), m)) for g in GROUPS for m in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
-        ours = [f"**ours: {Path(self.model).name or self.model}**", f"**{self.protocol}**"]
+        protocol_cell = f"**{self.protocol}**" + (" (not comparable)" if self.protocol != paper.protocol else "")
+        ours = [f"**ours: {Path(self.model).name or self.model}**", protocol_cell]
         for g in GROUPS:
             agg = self.groups.get(g)
             ours += [_fmt(getattr(agg, m) if agg else None) for m in TABLE_METRICS]
@@ -202,6 +262,14 @@ class EvaluationReport:
             lines += ["", "Standard deviation across seeds: " + "; ".join(
                 f"{g}: " + ", ".join(f"{m} {v:.3f}" for m, v in stds.items()) for g, stds in self.seed_std.items()
             )]
+        follow_header = ["Group", "n", "PSNR capped mean", "PSNR pooled", "PSNR median", "capped"] + [
+            METRIC_TITLES[m] for m in FOLLOWING]
+        lines += ["", "## Instruction following and PSNR robustness (beside Table 1; FG change = mean |Δ| inside the "
+                  "mask, [0, 1]; L1/CLIP-I/DINO need target images)", "",
+                  "| " + " | ".join(follow_header) + " |", "|" + "---|" * len(follow_header)]
+        for name, agg in self.groups.items():
+            cells = [name, str(agg.n), _fmt(agg.psnr), _fmt(agg.psnr_pooled), _fmt(agg.psnr_median), str(agg.psnr_capped)]
+            lines.append("| " + " | ".join(cells + [_fmt(getattr(agg, m)) for m in FOLLOWING]) + " |")
         cat_header = ["Category", "Group", "n"] + [METRIC_TITLES[m] for m in TABLE_METRICS]
         lines += ["", "## Per category", "", "| " + " | ".join(cat_header) + " |", "|" + "---|" * len(cat_header)]
         group_of = {r.category: r.group for r in self.records}
@@ -215,7 +283,27 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
 
+def _setting(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _inf_back(agg: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if v in ("inf", "-inf") else v) for k, v in agg.items()}
+
+
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
     return f"{value:.3f}"  # three decimals for every metric, as Table 1 prints them
