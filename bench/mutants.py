@@ -54,7 +54,7 @@ _SCHEMA_T = ("tests/test_pins_schema.py",)
 _PROV_T = ("tests/test_pins_writer.py",)
 _SMARTEDIT_T = ("tests/test_pins_model.py",)
 _PIPELINE_T = ("tests/test_pins_model.py", "tests/test_model_pipeline.py::test_unet_path_equals_diffusers_instruct_pix2pix")
-_REGISTRY_T = ("tests/test_pins_gate.py", "tests/test_registry.py")
+_REGISTRY_T = ("tests/test_registry.py",)
 
 
 def _m(module: str, tests: tuple[str, ...], *items: tuple[str, str, str]) -> list[Mutant]:
@@ -264,13 +264,21 @@ MUTANTS: list[Mutant] = [
         ("pool", "    work_pool: {name: cpu}\n    tags: [data]\n\n  - name: convert-vqa", "    work_pool: {name: cpus}\n    tags: [data]\n\n  - name: convert-vqa"),
     ),
     *_m("model/registry.py", _REGISTRY_T,
-        ("tolerance-strict", "if regression > tol:", "if regression >= tol:"),
-        ("direction-ignored", "regression = (champ - cand) if higher else (cand - champ)", "regression = champ - cand"),
-        ("missing-candidate-ok", "        if cand is None:\n            worse = True", "        if cand is None:\n            worse = False"),
-        ("no-champion-refused", 'return Decision(True, ["no champion yet"])', 'return Decision(False, ["no champion yet"])'),
-        ("negative-tolerance-allowed", "if tol < 0:", "if False:"),
-        ("champion-not-replaced", "        if decision.promote:\n            data[\"champion\"]", "        if False:\n            data[\"champion\"]"),
-        ("history-not-kept", 'data["history"].append(entry)', "pass"),
+        ("nan-kept", "        return None\n    if isinstance(value, dict):", "        return value\n    if isinstance(value, dict):"),
+        ("champion-not-replaced", '                data["champion"] = champion', "                pass"),
+        ("anchor-overwritten", '                if data.get("anchor") is None:', "                if True:"),
+        ("history-not-kept", '            data["history"].append(entry)', "            pass"),
+        ("no-lock", "            fcntl.flock(lock, fcntl.LOCK_EX)", "            pass"),
+        ("refresh-any-role", 'if role not in ("champion", "anchor"):', "if False:"),
+    ),
+    *_m("model/evaluation/gate.py", _REGISTRY_T,
+        ("verdict-better-loose", 'verdict = "better" if low > 0 else', 'verdict = "better" if high > 0 else'),
+        ("worse-ignored", "            if c.verdict == \"worse\":", "            if False:"),
+        ("identity-not-required", 'if not any(c.verdict == "better" for c in versus_identity):', "if False:"),
+        ("edit-rate-ignored", "if rate is None or rate < policy.min_edit_rate:", "if False:"),
+        ("nan-allowed", "    if nan:\n", "    if False:\n"),
+        ("fidelity-only-allowed", "        if not policy.allow_fidelity_only:", "        if False:"),
+        ("direction-flipped", 'sign = 1.0 if DIRECTIONS[metric] == "higher" else -1.0', "sign = 1.0"),
     ),
 ]
 
