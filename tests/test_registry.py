@@ -19,7 +19,8 @@ def items(psnr, clip_direction=None, fg_change=0.3, **extra) -> list[dict]:
     """Per-item results as the evaluation stores them."""
     out = []
     for i in range(N):
-        item = {"key": f"c/{i:03d}", "seed": 0, "group": "understanding", "psnr": float(psnr[i]), "fg_change": fg_change}
+        item = {"key": f"c/{i:03d}", "seed": 0, "group": "understanding", "psnr": float(psnr[i]),
+                "fg_change": float(fg_change[i]) if isinstance(fg_change, np.ndarray) else fg_change}
         if clip_direction is not None:
             item["clip_direction"] = float(clip_direction[i])
         out.append({**item, **{k: (v[i] if isinstance(v, (list, np.ndarray)) else v) for k, v in extra.items()}})
@@ -171,3 +172,22 @@ def test_concurrent_writers_lose_nothing_and_never_corrupt_the_file(tmp_path):
     data = json.loads((tmp_path / "registry.json").read_text())
     assert sorted(h["pipeline"] for h in data["history"]) == sorted(f"w{w}-{i}" for w in range(3) for i in range(15))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_candidate_that_edits_too_few_items_is_refused_even_when_it_beats_identity():
+    # 40 % of the items change their edit region (fg_change 0.3), 60 % are left untouched (0.0); the edited ones
+    # move strongly in the instruction's direction, so the mean still beats identity — only the edit rate refuses it.
+    edited = np.arange(N) < int(0.4 * N)
+    direction = np.where(edited, 0.5 + RNG.normal(0, 0.05, N), 0.0)
+    few = items(BASE_PSNR, direction, fg_change=np.where(edited, 0.3, 0.0))
+    decision = decide(few, IDENTITY, {}, GatePolicy())
+    assert decision.edit_rate == pytest.approx(0.4)
+    assert any(c.verdict == "better" for c in decision.comparisons)  # it does beat identity on the mean
+    assert not decision.promote and any(r.startswith("edits nothing") for r in decision.reasons)
+    assert decide(few, IDENTITY, {}, GatePolicy(min_edit_rate=0.4)).promote  # the threshold is what decides
+
+
+def test_registry_refresh_takes_only_the_champion_or_the_anchor(tmp_path):
+    reg = ChampionRegistry(tmp_path / "registry.json")
+    with pytest.raises(ValueError, match="role 'history'"):
+        reg.refresh("history", {"settings": {}})
