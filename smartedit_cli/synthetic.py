@@ -79,14 +79,29 @@ def register(subparsers) -> None:
         config, SyntheticConfig, types_={"scenarios": _scenarios},
         # the spellings this command had before its options came from SyntheticConfig
         aliases={"eval_sets": ["--eval-set"], "inpaint_steps": ["--steps"], "inpaint_resolution": ["--resolution"]}))
-    from pipeline.synthetic.calibrate import register as register_calibrate
-
-    synthetic = register_calibrate(subparsers)  # `smartedit synthetic calibrate`
+    group = subparsers.add_parser("synthetic", help="synthetic edit pairs: labelling page and calibration from labels")
+    synthetic = group.add_subparsers(dest="synthetic_command", required=True)
+    p = synthetic.add_parser("calibrate", help="measured precision from labels; thresholds for a target precision")
+    p.add_argument("labels", nargs="+", help="judging-page exports or {\"labels\": {key: bool}} files")
+    p.add_argument("--dataset", required=True, help="the build-synthetic output directory")
+    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--min-support", type=int, default=5, help="fewest labelled pairs a threshold must pass")
+    p.set_defaults(func=_calibrate)
     p = synthetic.add_parser("label", help="a labelling page (the Ins-align judging page) for kept pairs and negatives")
     p.add_argument("dataset", help="the build-synthetic output directory")
     p.add_argument("-o", "--output", required=True, help="HTML page to write (images go beside it)")
     p.add_argument("-n", type=int, help="at most this many pairs from each of kept and negatives")
     p.set_defaults(func=_label)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.synthetic.calibrate import calibrate
+
+    result = calibrate(args.dataset, args.labels, args.target_precision, args.min_support)
+    print(json.dumps({k: v for k, v in result.items() if k != "thresholds"}, indent=1))
+    return 0
 
 
 def _label(args: argparse.Namespace) -> int:

@@ -168,25 +168,3 @@ def labelling_entries(dataset: Path | str, image_dir: Path | str, limit: int | N
                             "group": group, "instruction": meta["instruction"], "input_image": src,
                             "output_image": tgt})
     return entries
-
-
-def main_calibrate(args) -> int:
-    """The CLI hook: ``smartedit synthetic calibrate LABELS... --dataset DIR``."""
-    result = calibrate(args.dataset, args.labels, args.target_precision, args.min_support)
-    print(json.dumps({k: v for k, v in result.items() if k != "thresholds"}, indent=1))
-    return 0
-
-
-def register(subparsers):
-    """Adds the `synthetic` command group with `calibrate`; returns the group's subparsers (the CLI adds
-    `label`, which needs the evaluation's judging page)."""
-    group = subparsers.add_parser("synthetic", help="synthetic edit pairs: calibration from labels")
-    sub = group.add_subparsers(dest="synthetic_command", required=True)
-    p = sub.add_parser("calibrate", help="measured precision from labels; thresholds for a target precision")
-    p.add_argument("labels", nargs="+", help="judging-page exports or {\"labels\": {key: bool}} files")
-    p.add_argument("--dataset", required=True, help="the build-synthetic output directory")
-    p.add_argument("--target-precision", type=float, default=0.9)
-    p.add_argument("--min-support", type=int, default=5, help="fewest labelled pairs a threshold must pass")
-    p.set_defaults(func=main_calibrate)
-    return sub
-
