@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from model.evaluation.report import ItemScores  # the per-item scores are the report's record schema
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,31 +82,6 @@ class MetricsConfig:
             raise ValueError(f"MetricsConfig.size={self.size}; expected at least 16 (SSIM uses an 11×11 window)")
         if not 0 <= self.mask_threshold < 255:
             raise ValueError(f"MetricsConfig.mask_threshold={self.mask_threshold}; expected 0..254")
-
-
-@dataclass
-class ItemScores:
-    """Metrics of one (item, seed). None: not computed (missing weights, no background, no CLIP text, no target)."""
-
-    psnr: float | None = None
-    ssim: float | None = None
-    lpips: float | None = None
-    clip: float | None = None
-    mse: float | None = None
-    """Background mean squared error (data range 1) behind ``psnr``, kept for the pooled-error PSNR."""
-    fg_change: float | None = None
-    """Mean absolute change inside the edit region, [0, 1] (0 = the region was left as it was)."""
-    clip_direction: float | None = None
-    """CLIP directional similarity of the edit-region crop, [-1, 1]."""
-    vlm: float | None = None
-    """Local VLM judge: VIEScore-style overall score sqrt(SC · PQ) / 10, [0, 1]."""
-    l1: float | None = None
-    """MagicBrush L1 between output and target image, [0, 1] (lower is better)."""
-    clip_i: float | None = None
-    """MagicBrush CLIP-I: cosine of CLIP image embeddings of output and target."""
-    dino: float | None = None
-    """MagicBrush DINO: cosine of DINOv2 embeddings of output and target."""
-    notes: list[str] = field(default_factory=list)
 
 
 def prepare(image: Image.Image, output: Image.Image, mask: Image.Image, size: int):

@@ -63,8 +63,34 @@ def load_paper_table(path: Path | str = PAPER_TABLE) -> PaperTable:
 
 
 @dataclass
-class ItemRecord:
-    """Scores of one benchmark item under one seed."""
+class ItemScores:
+    """Metrics of one (item, seed). None: not computed (missing weights, no background, no CLIP text, no target)."""
+
+    psnr: float | None = None
+    ssim: float | None = None
+    lpips: float | None = None
+    clip: float | None = None
+    mse: float | None = None
+    """Background mean squared error (data range 1) behind ``psnr``, kept for the pooled-error PSNR."""
+    fg_change: float | None = None
+    """Mean absolute change inside the edit region, [0, 1] (0 = the region was left as it was)."""
+    clip_direction: float | None = None
+    """CLIP directional similarity of the edit-region crop, [-1, 1]."""
+    vlm: float | None = None
+    """Local VLM judge: VIEScore-style overall score sqrt(SC · PQ) / 10, [0, 1]."""
+    l1: float | None = None
+    """MagicBrush L1 between output and target image, [0, 1] (lower is better)."""
+    clip_i: float | None = None
+    """MagicBrush CLIP-I: cosine of CLIP image embeddings of output and target."""
+    dino: float | None = None
+    """MagicBrush DINO: cosine of DINOv2 embeddings of output and target."""
+    notes: list[str] = field(default_factory=list)
+
+
+
+@dataclass(kw_only=True)
+class ItemRecord(ItemScores):
+    """Scores of one benchmark item under one seed, with what identifies it in the report."""
 
     key: str
     category: str
@@ -76,18 +102,6 @@ class ItemRecord:
     """Edited image, relative to the report directory."""
     input: str | None = None
     """Input image as given to the editor (256 px copy), relative to the report directory."""
-    psnr: float | None = None
-    ssim: float | None = None
-    lpips: float | None = None
-    clip: float | None = None
-    mse: float | None = None
-    fg_change: float | None = None
-    clip_direction: float | None = None
-    vlm: float | None = None
-    l1: float | None = None
-    clip_i: float | None = None
-    dino: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
