@@ -15,49 +15,30 @@ results, the settings and the manifests' hashes.
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from data_specs import spec_path
 from flows.common import artifact_key, markdown
 from flows.convert import EDIT, SEGMENTATION, VQA, SourceParams
+from flows.profiles import fill_env, known_profiles, profile_path, read_profile
 
 GROUPS = {"segmentation": SEGMENTATION, "vqa": VQA, "edit": EDIT}
-PROFILES = spec_path("profiles")
 REQUIRED = ("sources", "shards", "runs", "registry", "benchmark")
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """data_specs/profiles/<name>.yaml (or a path to a YAML file) with ``${VAR}`` filled from the environment
-    (``SMARTEDIT_ROOT`` defaults to this checkout). An unset variable is one error naming it."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
+    """data_specs/profiles/<name>.yaml (or a path to a YAML file) without its ``train:`` section (the `train`
+    trigger's), with ``${VAR}`` filled from the environment. An unset variable is one error naming it."""
+    path = profile_path(name)
     if not path.exists():
-        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
-        raise FileNotFoundError(f"retrain: profile {name!r}: no {path}; known profiles: {known}")
-    env = {"SMARTEDIT_ROOT": str(Path(__file__).resolve().parents[1]), **os.environ}
-
-    def fill(value: Any) -> Any:
-        if isinstance(value, str):
-            missing = [v for v in re.findall(r"\$\{(\w+)\}", value) if v not in env]
-            if missing:
-                raise ValueError(f"{path}: {value!r} needs environment variable(s) {missing}; set them on the worker "
-                                 f"(see the profile's header)")
-            return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], value)
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        return value
-
-    return fill(yaml.safe_load(path.read_text()) or {})
+        raise FileNotFoundError(f"retrain: profile {name!r}: no {path}; known profiles: {known_profiles()}")
+    raw = read_profile(path)
+    raw.pop("train", None)
+    return fill_env(raw, str(path))
 
 
 class SyntheticParams(BaseModel):

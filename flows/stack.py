@@ -77,7 +77,7 @@ def stack_env() -> dict[str, str]:
         SMARTEDIT_ROOT=str(ROOT),  # filled into prefect.yaml's pull step at deploy time
         SMARTEDIT_FILES_URL=FILES_URL,  # pictures under FILES_ROOT are shown in the UI through this server
         SMARTEDIT_FILES_ROOT=str(FILES_ROOT),
-        # the training profile the `train` trigger uses (data_specs/profiles/train); demo unless set
+        # the training profile the `train` trigger uses (the train: section of data_specs/profiles/<name>.yaml); demo unless set
         SMARTEDIT_PROFILE=os.environ.get("SMARTEDIT_PROFILE", "demo"),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 from collections import deque
@@ -27,50 +26,33 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
-from data_specs import spec_path
 from flows.common import artifact_key, gpu_slot, markdown, recipe_progress
+from flows.profiles import fill_env, known_profiles, profile_path, read_profile
 from model.train import expand_manifests
 
 # Named training profiles (demo, production): the defaults an event-triggered run trains with, chosen when the
 # deployment is made (prefect.yaml passes `profile: "{{ $SMARTEDIT_PROFILE }}"`), so the trigger itself names
 # no preset and a production deployment cannot train the tiny demo model on an event.
-TRAIN_PROFILES = spec_path("profiles", "train")
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FLOW_FIELDS = ("preset", "stage", "steps", "resume", "init_from", "allow_missing_sources", "model", "overrides")
 
 
-def _fill_env(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-        def sub(m: re.Match) -> str:
-            if m.group(1) not in os.environ:
-                raise ValueError(f"{where}: ${{{m.group(1)}}} is not set in the run's environment; set it on the "
-                                 f"worker or in the work pool's job variables (env)")
-            return os.environ[m.group(1)]
-        return _ENV_VAR.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _fill_env(v, where) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill_env(v, where) for v in value]
-    return value
-
-
 def load_train_profile(name: str) -> dict[str, Any]:
-    """data_specs/profiles/train/<name>.yaml (or a YAML path): `train` parameters plus ``allowed_presets``,
-    with ``${VAR}`` filled from the environment. Errors name the profile and the fix."""
-    import yaml
-
+    """The ``train:`` section of data_specs/profiles/<name>.yaml (or a YAML path): `train` parameters plus
+    ``allowed_presets``, with ``${VAR}`` filled from the environment. Errors name the profile and the fix."""
     if "{{" in name:
         raise ValueError(f"train: profile {name!r} was never filled in: deploy with SMARTEDIT_PROFILE set "
                          f"(demo or production; `python -m flows.stack start` sets demo)")
-    path = Path(name) if name.endswith((".yaml", ".yml")) else TRAIN_PROFILES / f"{name}.yaml"
+    path = profile_path(name)
     if not path.is_file():
-        known = sorted(p.stem for p in TRAIN_PROFILES.glob("*.yaml"))
-        raise ValueError(f"train: profile {name!r}: no {path}; known profiles: {known}")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise ValueError(f"train: profile {name!r}: no {path}; known profiles: {known_profiles()}")
+    raw = read_profile(path).get("train")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: no `train:` section; it holds what the `train` trigger trains ({sorted(_FLOW_FIELDS)} "
+                         f"and allowed_presets)")
     unknown = sorted(set(raw) - {*_FLOW_FIELDS, "allowed_presets"})
     if unknown:
-        raise ValueError(f"{path}: unknown fields {unknown}; a profile holds {sorted(_FLOW_FIELDS)} and allowed_presets")
-    return _fill_env(raw, str(path))
+        raise ValueError(f"{path}: train: unknown fields {unknown}; it holds {sorted(_FLOW_FIELDS)} and allowed_presets")
+    return fill_env(raw, str(path))
 
 
 def _summary(result) -> dict[str, Any]:
@@ -303,7 +285,7 @@ def train(
     "" starts fresh).
     preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
     them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
-    field; profile: a training profile in data_specs/profiles/train (demo, production) or a YAML path whose values
+    field; profile: a profile in data_specs/profiles (demo, production; its train: section) or a YAML path whose values
     fill the parameters left unset (the event trigger passes only this, the manifests and the output dir). Without
     one: preset tiny, stage 2. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one
     stage, presets tiny and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit

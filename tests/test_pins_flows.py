@@ -168,7 +168,7 @@ def test_specific_deployment_settings():
     from data_specs import spec_path
 
     for name in ("demo", "production"):  # every training profile trains stage 2 on an event
-        assert yaml.safe_load(spec_path(f"profiles/train/{name}.yaml").read_text())["stage"] == 2
+        assert yaml.safe_load(spec_path(f"profiles/{name}.yaml").read_text())["train"]["stage"] == 2
     assert "event.payload.output" in trig["parameters"]["manifests"]
     nightly = deps["scheduled-retrain"]
     assert [s["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
