@@ -9,13 +9,16 @@ a GPU hold a slot of the global concurrency limit ``gpu``, acquired with ``stric
     prefect deployment run build-synthetic/build-synthetic \
         -p input=/data/samples -p output=/data/shards/synthetic -p config='{"scenarios": {"left_right": 50}}'
 
+``output`` may be a bucket URL (``s3://bucket/synthetic``): every file goes there with the writer's atomic rule.
+The flow holds the output's dataset lock (pipeline/locking.py) from planning to the manifest, so a second build into
+the same output fails at once naming the holder; the shard tasks run inside it (as the convert flows do).
+
 ``config`` is the `SyntheticConfig` itself (a pydantic model: Prefect validates it and shows its fields), so the
 flow declares none of its fields again.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from flows.common import (RunnerKind, artifact_key, gpu_slot, image_artifact, is_io_error, keep_if_unchanged,
                           make_task_runner, manifest_snapshot, publish_manifests)
+from pipeline.storage import as_path
 from pipeline.synthetic.config import SyntheticConfig
 
 
@@ -47,8 +51,8 @@ def shard_task(config_json: str, output: str, shard_index: int) -> dict[str, Any
     cfg = SyntheticConfig.model_validate_json(config_json)
     import json
 
-    name = shard_plans(json.loads(plan_path(Path(output)).read_text()), cfg)[shard_index].name
-    resumed = stats_path(Path(output) / name).exists() and (Path(output) / name).exists()
+    name = shard_plans(json.loads(plan_path(output).read_text()), cfg)[shard_index].name
+    resumed = stats_path(as_path(output) / name).exists() and (as_path(output) / name).exists()
     with gpu_slot(cfg.device):
         result = build_shard(cfg, output, shard_index)
     get_run_logger().info("%s: %s (%d pairs kept, %d dropped)", name, "resumed: already complete" if resumed else "built",
@@ -82,7 +86,7 @@ def build_synthetic(
     Args:
         input: A sample-data directory, a COCO instances JSON (with `images`), or converted referring
             shards (a dataset directory or shardindex.json, or a directory of them).
-        output: Output dataset directory; a rerun resumes its finished shards.
+        output: Output dataset directory or bucket URL (s3://bucket/prefix); a rerun resumes its finished shards.
         images: The COCO image directory when `input` is an instances JSON.
         splits: Splits of converted referring shards to build from (default: all given).
         scenes: A scenes.json with mirror regions (mirror scenario).
@@ -93,7 +97,9 @@ def build_synthetic(
         announce: Emit `shards.built` when the build changed something (starts the `train` trigger);
             False when a calling flow trains itself.
     """
-    from pipeline.synthetic.build import BuildInputs
+    from pipeline.locking import DatasetLock
+    from pipeline.manifest import load_manifest
+    from pipeline.synthetic.build import BuildInputs, prepare_output, remove_dead_temporaries
 
     logger = get_run_logger()
     cfg = config or SyntheticConfig()
@@ -103,22 +109,21 @@ def build_synthetic(
     _check_inputs(input=input, images=images, scenes=scenes, **{name: getattr(cfg, name, None) for name in (
         "sam_checkpoint", "inpaint_dir", "clip_dir", "llm_dir")})  # before anything is created: bad input fails at once
     config_json, inputs_json = cfg.model_dump_json(), inputs.model_dump_json()
-    Path(output).mkdir(parents=True, exist_ok=True)
+    out = prepare_output(output)
 
-    n_shards = plan_task(config_json, inputs_json, output)
-    inner = shards_flow.with_options(task_runner=make_task_runner(runner, workers))
-    shard_results = inner(config_json=config_json, output=output, n_shards=n_shards)
-    resumed = sum(bool(r.get("resumed")) for r in shard_results)
-    logger.info("build-synthetic: shards %d built, %d resumed, %d pairs in them", n_shards - resumed, resumed,
-                sum(r["nsamples"] for r in shard_results))
-    manifest = Path(output) / "shardindex.json"
-    before = manifest_snapshot(manifest)
-    result = finalize_task(config_json, output)
+    with DatasetLock(out):  # plan, shards and manifest: the tasks below run while this flow run holds it
+        remove_dead_temporaries(out)
+        n_shards = plan_task(config_json, inputs_json, output)
+        inner = shards_flow.with_options(task_runner=make_task_runner(runner, workers))
+        shard_results = inner(config_json=config_json, output=output, n_shards=n_shards)
+        resumed = sum(bool(r.get("resumed")) for r in shard_results)
+        logger.info("build-synthetic: shards %d built, %d resumed, %d pairs in them", n_shards - resumed, resumed,
+                    sum(r["nsamples"] for r in shard_results))
+        before = manifest_snapshot(out / "shardindex.json")
+        result = finalize_task(config_json, output)
+        manifest = as_path(result["manifest"])
+        unchanged = resumed == n_shards and keep_if_unchanged(manifest, before)
     _publish(result)
-    from pipeline.manifest import load_manifest
-
-    manifest = Path(result["manifest"])
-    unchanged = resumed == n_shards and keep_if_unchanged(manifest, before)
     publish_manifests("build-synthetic", [load_manifest(manifest)], [manifest], output, announce=announce,
                       unchanged=[unchanged])
     logger.info("build-synthetic: %d pairs kept, %d dropped, in %s", result["kept"], result["rejected"], output)
@@ -128,7 +133,7 @@ def build_synthetic(
 def _check_inputs(**paths: str | None) -> None:
     """Every path parameter that is given must exist (one line naming the parameter and the fix)."""
     for name, path in paths.items():
-        if path and not Path(path).exists():
+        if path and not as_path(path).exists():  # a local path or a bucket URL
             raise FileNotFoundError(f"build-synthetic: parameter {name!r} is {path}, which does not exist; "
                                     "pass an existing path (nothing was created)")
 
@@ -172,7 +177,7 @@ def _publish(result: dict[str, Any]) -> None:
     create_table_artifact(key=artifact_key("build-synthetic", "yields"), table=yield_rows(result["yields"]),
                           description="synthetic build: items in, out and dropped at each stage, top drop reasons")
     create_markdown_artifact(key=artifact_key("build-synthetic", "data-card"),
-                             markdown=Path(result["data_card"]).read_text(), description="synthetic build data card")
+                             markdown=as_path(result["data_card"]).read_text(), description="synthetic build data card")
     if result.get("contact_sheet"):
         url = image_artifact(artifact_key("build-synthetic", "contact-sheet"), result["contact_sheet"], "Contact sheet",
                              description="source | mask | target | instruction for the first pairs")

@@ -189,8 +189,15 @@ def image_url(path: Path | str, max_embed_px: int = 1024) -> str:
     import io
     import os
 
-    path = Path(path).resolve()
-    base, root = os.environ.get(FILES_URL_ENV), os.environ.get(FILES_ROOT_ENV)
+    from pipeline.storage import as_path, is_remote
+
+    location = as_path(path)
+    if is_remote(location):  # on a bucket: embedded (the stack's file server serves local outputs only)
+        source: Any = io.BytesIO(location.read_bytes())
+        base = root = None
+    else:
+        path = source = location.resolve()
+        base, root = os.environ.get(FILES_URL_ENV), os.environ.get(FILES_ROOT_ENV)
     if base and root:
         try:
             rel = path.relative_to(Path(root).resolve())
@@ -202,7 +209,7 @@ def image_url(path: Path | str, max_embed_px: int = 1024) -> str:
             return f"{base.rstrip('/')}/{quote(rel.as_posix())}"
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(source) as image:
         image = image.convert("RGB")
         image.thumbnail((max_embed_px, max_embed_px))
         buf = io.BytesIO()
@@ -214,7 +221,7 @@ def image_artifact(key: str, path: Path | str, title: str, description: str = ""
     """A markdown artifact showing the picture at ``path`` in the UI (see `image_url`); returns its URL."""
     url = image_url(path)
     shown = url if not url.startswith("data:") else "embedded"
-    create_markdown_artifact(key=artifact_key(key), markdown=f"# {title}\n\n![{title}]({url})\n\nFile: `{Path(path)}` ({shown})\n",
+    create_markdown_artifact(key=artifact_key(key), markdown=f"# {title}\n\n![{title}]({url})\n\nFile: `{path}` ({shown})\n",
                              description=description or title)
     return url
 

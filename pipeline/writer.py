@@ -280,14 +280,19 @@ def _admit(sample: Sample, seen: set[str], validate: bool) -> Sample | Reject:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a fsync'ed temporary file and a rename (on a bucket: a temporary
     object, then a copy to the final key)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes (a contact sheet's PNG, ...)."""
     path = as_path(path)
     tmp = temporary_path(path)
     try:
         if is_remote(path):
-            tmp.write_bytes(text.encode("utf-8"))
+            tmp.write_bytes(data)
         else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
+            with open(tmp, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
         replace(tmp, path)

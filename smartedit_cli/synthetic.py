@@ -37,7 +37,13 @@ def _build(args: argparse.Namespace) -> int:
     cfg = SyntheticConfig.preset(args.preset, **overrides) if args.preset else SyntheticConfig(**overrides)
     inputs = BuildInputs(input=args.input, images=args.images, splits=args.split or [], scenes=args.scenes,
                          stuff=args.stuff)
-    result = build(cfg, inputs, args.out, progress=lambda done, total: print(f"shard {done}/{total}", file=sys.stderr))
+    from pipeline.locking import DatasetLockedError
+
+    try:
+        result = build(cfg, inputs, args.out, progress=lambda done, total: print(f"shard {done}/{total}", file=sys.stderr))
+    except DatasetLockedError as err:  # one line, like every other refusal (ValueErrors reach main's handler)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in result.items() if k != "yields"}, indent=1))
     return 0
 
@@ -72,7 +78,7 @@ def register(subparsers) -> None:
                                     "sample-data directory's; shards have none)")
     p.add_argument("--stuff", help="COCO-Stuff root (stuffthingmaps_trainval2017/, labels.txt): mirror-stuff regions "
                                    "are mirrors")
-    p.add_argument("--out", required=True, help="output dataset directory (rerun to resume)")
+    p.add_argument("--out", required=True, help="output dataset directory or bucket URL (s3://bucket/prefix; rerun to resume)")
     p.add_argument("--preset", choices=["tiny", "sd15"], help="start from a named SyntheticConfig preset")
     config = p.add_argument_group("build config (SyntheticConfig fields; default: the preset's or the class's)")
     p.set_defaults(func=_build, config_options=add_config_arguments(
@@ -83,7 +89,7 @@ def register(subparsers) -> None:
     synthetic = group.add_subparsers(dest="synthetic_command", required=True)
     p = synthetic.add_parser("calibrate", help="measured precision from labels; thresholds for a target precision")
     p.add_argument("labels", nargs="+", help="judging-page exports or {\"labels\": {key: bool}} files")
-    p.add_argument("--dataset", required=True, help="the build-synthetic output directory")
+    p.add_argument("--dataset", required=True, help="the build-synthetic output directory (or bucket URL)")
     p.add_argument("--target-precision", type=float, default=0.9)
     p.add_argument("--min-support", type=int, default=5, help="fewest labelled pairs a threshold must pass")
     p.set_defaults(func=_calibrate)

@@ -54,3 +54,19 @@ def samples_copy(samples_seed0, tmp_path):
         if isinstance(value, Path) and value.is_relative_to(samples_seed0.root):
             moved[f.name] = root / value.relative_to(samples_seed0.root)
     return dataclasses.replace(samples_seed0, **moved)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-compatible server (moto, tests/s3_server.py) for one test module, with the bucket
+    ``s3_server.BUCKET``; yields (s3fs filesystem, endpoint URL). AWS_* are set in the environment meanwhile."""
+    from s3_server import BUCKET, moto_server
+
+    mp = pytest.MonkeyPatch()
+    with moto_server(mp) as endpoint:
+        import s3fs
+
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(BUCKET)
+        yield fs, endpoint
+    mp.undo()

@@ -10,6 +10,8 @@ import time
 import urllib.request
 from contextlib import contextmanager
 
+BUCKET = "smartedit-test"  # created by the `s3` fixture (tests/conftest.py)
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -12,21 +12,7 @@ from convert_fixtures import build_sources
 from pipeline.convert import convert
 from pipeline.manifest import load_manifest
 from pipeline.sources import get_reader
-from s3_server import moto_server
-
-BUCKET = "smartedit-test"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    mp = pytest.MonkeyPatch()
-    with moto_server(mp) as endpoint:
-        import s3fs
-
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
-        yield fs, endpoint
-    mp.undo()
+from s3_server import BUCKET  # the `s3` fixture (tests/conftest.py) creates it
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,10 @@
    and gives the same bytes).
 3. `finalize_build`: manifest (with per-stage yields), SmartEdit JSON export, contact sheet, data card.
 
+``output`` is a local directory or an object-storage URL (``s3://bucket/synthetic``, through `pipeline.storage`):
+every file of the build goes there with the writer's atomic rule. `build` (the CLI) holds the dataset lock
+for the whole build; the flow holds it around its tasks.
+
 Both pipelines are lists of `pipeline.synthetic.stages` stages; their names key the yields table.
 """
 
@@ -46,8 +50,11 @@ from pipeline.synthetic.scenarios import Quota, ScenarioSelection, scenario_rng
 from pipeline.synthetic.scene import CocoIndex, CocoSplit, SceneAnalysis, load_index, resolve_inputs
 from pipeline.synthetic.verify import EditVerifier, VerifyEdits
 from pipeline.synthetic.stages import MapStage, Stage, StageStats, run_stages, stage_names
-from pipeline.synthetic.shard_scenes import is_shard_input, materialise_shard_scenes
-from pipeline.writer import atomic_write_text, write_shard
+from pipeline.shards import INDEX_NAME
+from pipeline.synthetic.shard_scenes import (ensure_local_scenes, is_shard_input, materialise_remote_scenes,
+                                             materialise_shard_scenes)
+from pipeline.storage import as_path, is_remote, is_url
+from pipeline.writer import atomic_write_text, remove_stale_temporaries, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +93,33 @@ def build_spec(cfg: SyntheticConfig, inputs: BuildInputs) -> dict[str, Any]:
     return {"config": cfg.model_dump(mode="json"), "inputs": inputs.model_dump(mode="json", exclude=unset)}
 
 
-def plan_path(output: Path | str) -> Path:
-    return Path(output) / PLAN_NAME
+def plan_path(output: Path | str):
+    return as_path(output) / PLAN_NAME
 
 
-def scene_sources(inputs: BuildInputs, output: Path) -> tuple[list[CocoSplit], Path | None, dict[str, Any] | None]:
+def scene_sources(inputs: BuildInputs, output) -> tuple[list[CocoSplit], Path | None, dict[str, Any] | None]:
     """The COCO splits to analyse, the ground-truth scenes.json (if any) and, for shard input, its counts.
 
     Converted shards are written out once as COCO files under ``output/SHARD_SCENES_DIR`` (the shard
-    stages reload masks and pixels from there by path, in any worker).
+    stages reload masks and pixels from there by path, in any worker). For an output on a bucket they are
+    written to a local cache directory instead and uploaded (see `pipeline.synthetic.shard_scenes`).
     """
     explicit = Path(inputs.scenes) if inputs.scenes else None
     if explicit is not None and not explicit.is_file():
         raise FileNotFoundError(f"scenes: {explicit} not found; pass a scenes.json with per-image mirrors or leave it out")
     if not is_shard_input(inputs.input):
+        if is_url(inputs.input):
+            raise FileNotFoundError(f"input: {inputs.input} holds no {INDEX_NAME}; only converted shards are read "
+                                    "from a bucket (COCO annotations and images must be a local directory)")
         splits, scenes = resolve_inputs(inputs.input, inputs.images, inputs.splits)
         return splits, explicit or scenes, None
     if inputs.images:
         raise ValueError(f"images: {inputs.images!r} given, but input {inputs.input} is converted shards, which "
                          "carry their images; drop images (--images)")
-    splits, counts = materialise_shard_scenes(inputs.input, output / SHARD_SCENES_DIR, inputs.splits)
+    if is_remote(output):
+        splits, counts = materialise_remote_scenes(inputs.input, output / SHARD_SCENES_DIR, inputs.splits)
+    else:
+        splits, counts = materialise_shard_scenes(inputs.input, output / SHARD_SCENES_DIR, inputs.splits)
     return splits, explicit, counts
 
 
@@ -123,7 +137,7 @@ def plan_stages(cfg: SyntheticConfig, indexes: dict[str, CocoIndex], hashes: Eva
 
 def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) -> dict[str, Any]:
     """Write (or reuse) ``output/plan.json``: the ordered jobs and planning drops; returns it."""
-    output = Path(output)
+    output = as_path(output)
     spec = build_spec(cfg, inputs)
     digest = spec_hash(spec)
     path = plan_path(output)
@@ -165,7 +179,8 @@ def plan_build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str) ->
     }
     if shard_counts is not None:
         plan["shard_input"] = shard_counts
-    output.mkdir(parents=True, exist_ok=True)
+    if not is_remote(output):
+        output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plan, indent=1, ensure_ascii=False))
     log.info("planned %d jobs (%s) from %d images", sum(quota.taken.values()), quota.taken,
              yields["leakage_guard"]["in"])
@@ -295,7 +310,7 @@ def shard_stages(cfg: SyntheticConfig, models: Models, scenes_json: str | None,
 
 def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> dict[str, Any]:
     """Write planned shard ``shard_index`` (skipped when complete); returns a small summary."""
-    output = Path(output)
+    output = as_path(output)
     plan = json.loads(plan_path(output).read_text())
     shard = shard_plans(plan, cfg)[shard_index]
     yields: dict[str, StageStats] = {}
@@ -305,6 +320,8 @@ def build_shard(cfg: SyntheticConfig, output: Path | str, shard_index: int) -> d
 
     def items() -> Iterator[Sample | Reject]:
         models = load_models(cfg)  # runs only when the shard is not already complete
+        if is_remote(output) and "shard_input" in plan:  # a worker on another machine: fetch the scenes once
+            ensure_local_scenes(plan["sources"], output / SHARD_SCENES_DIR)
         entries = plan["entries"][shard.start:shard.stop]
         jobs = (Reject(**e["reject"]) if "reject" in e else EditJob.from_json(e["job"]) for e in entries)
         stages = shard_stages(cfg, models, plan.get("scenes_json"), kept)
@@ -329,7 +346,7 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
     from pipeline.synthetic.export import export_smartedit_json
     from pipeline.writer import ShardStats, stats_path
 
-    output = Path(output)
+    output = as_path(output)
     plan = json.loads(plan_path(output).read_text())
     shards = shard_plans(plan, cfg)
     stats = [ShardStats.load(stats_path(output / s.name)) for s in shards if stats_path(output / s.name).exists()]
@@ -367,13 +384,35 @@ def finalize_build(cfg: SyntheticConfig, output: Path | str, *, sheet_pairs: int
     return result
 
 
+def prepare_output(output: Path | str):
+    """Make a local output directory (a bucket prefix needs none, see `make_output_dir`); the output as a path."""
+    from pipeline.convert import make_output_dir
+
+    output = as_path(output)
+    make_output_dir(output)
+    return output
+
+
+def remove_dead_temporaries(output) -> None:
+    """Call with the output's `DatasetLock` held: every ``*.tmp`` there is a killed run's."""
+    for directory in (output, output / NEGATIVES_DIR):
+        remove_stale_temporaries(directory)
+
+
 def build(cfg: SyntheticConfig, inputs: BuildInputs, output: Path | str,
           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Plan, write every shard (resuming), finalise. The Prefect flow does the same with one task per shard."""
-    plan = plan_build(cfg, inputs, output)
-    shards = shard_plans(plan, cfg)
-    for i in range(len(shards)):
-        build_shard(cfg, output, i)
-        if progress:
-            progress(i + 1, len(shards))
-    return finalize_build(cfg, output)
+    """Plan, write every shard (resuming), finalise, holding the output's dataset lock throughout (a second
+    build into the same output fails at once naming the holder). The Prefect flow does the same with one task
+    per shard."""
+    from pipeline.locking import DatasetLock
+
+    output = prepare_output(output)
+    with DatasetLock(output):
+        remove_dead_temporaries(output)
+        plan = plan_build(cfg, inputs, output)
+        shards = shard_plans(plan, cfg)
+        for i in range(len(shards)):
+            build_shard(cfg, output, i)
+            if progress:
+                progress(i + 1, len(shards))
+        return finalize_build(cfg, output)

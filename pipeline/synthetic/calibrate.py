@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.storage import as_path
+
 log = logging.getLogger(__name__)
 
 JUDGEMENTS_FORMAT = "smartedit-ins-align-judgements-v1"  # the judging page's export (model/evaluation/judging.py)
@@ -112,7 +114,7 @@ def calibrate(dataset: Path | str, label_files: list[Path | str], target_precisi
     from pipeline.synthetic.data_card import refresh_data_card
     from pipeline.writer import atomic_write_text
 
-    dataset = Path(dataset)
+    dataset = as_path(dataset)  # local or a bucket URL
     if not (dataset / "shardindex.json").exists():
         raise FileNotFoundError(f"--dataset {dataset}: no shardindex.json; pass the build-synthetic output directory")
     if not 0 < target_precision <= 1:
@@ -154,7 +156,7 @@ def labelling_entries(dataset: Path | str, image_dir: Path | str, limit: int | N
     """
     from pipeline.synthetic.export import read_samples
 
-    dataset, image_dir = Path(dataset), Path(image_dir)
+    dataset, image_dir = as_path(dataset), Path(image_dir)  # the page and its images are local files
     image_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for sub, group in ((dataset, "kept"), (dataset / "negatives", "negative")):

@@ -6,6 +6,7 @@ import io
 import textwrap
 from pathlib import Path
 
+from pipeline.storage import as_path, is_remote
 from pipeline.synthetic.export import read_samples
 
 
@@ -19,7 +20,8 @@ def _tile(data: bytes | None, size: int, mode: str = "RGB"):
 
 
 def contact_sheet(path: Path | str, out: Path | str, n: int = 16, tile: int = 160, text_width: int = 360) -> Path:
-    """Render the first ``n`` pairs of ``path`` (shard, dataset dir or shardindex.json) to ``out`` (PNG)."""
+    """Render the first ``n`` pairs of ``path`` (shard, dataset dir or shardindex.json; local or a bucket URL) to
+    ``out`` (PNG, local or a bucket URL)."""
     from PIL import Image, ImageDraw, ImageFont
 
     rows = list(read_samples(path, limit=n))
@@ -41,7 +43,12 @@ def contact_sheet(path: Path | str, out: Path | str, n: int = 16, tile: int = 16
         if extra:
             lines += ["", extra]
         draw.multiline_text((3 * (tile + pad) + pad, y + 2), "\n".join(lines), fill=(0, 0, 0), font=font)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, "PNG")
+    from pipeline.writer import atomic_write_bytes
+
+    buf = io.BytesIO()  # PIL encodes into memory; the writer puts the bytes in place atomically, locally or on a bucket
+    sheet.save(buf, "PNG")
+    out = as_path(out)
+    if not is_remote(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buf.getvalue())
     return out

@@ -83,11 +83,11 @@ def _measured(calibration: dict[str, Any] | None) -> list[str]:
 def refresh_data_card(output) -> str:
     """Rewrite ``output/DATA_CARD.md`` from the manifest, the plan and ``calibration.json`` (when labelled)."""
     import json
-    from pathlib import Path
 
+    from pipeline.storage import as_path
     from pipeline.writer import atomic_write_text
 
-    output = Path(output)
+    output = as_path(output)  # local or a bucket URL
     index = json.loads((output / "shardindex.json").read_text())
     plan = json.loads((output / "plan.json").read_text())
     calibration = output / "calibration.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.shards import iter_samples
+from pipeline.storage import as_path, is_remote
 
 
 def read_samples(path: Path | str, limit: int | None = None) -> Iterator[tuple[str, dict[str, Any], dict[str, bytes]]]:
@@ -34,9 +35,14 @@ def _member(files: dict[str, bytes], prefix: str) -> tuple[str, bytes] | None:
 
 def export_smartedit_json(dataset: Path | str, out_dir: Path | str, json_name: str = "synthetic_edit.json") -> Path:
     """Write ``out_dir/images/<key>_{src,tgt}.<ext>`` and ``out_dir/<json_name>``; paths in the JSON are
-    relative to it. Returns the JSON path."""
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    relative to it. Returns the JSON path. ``out_dir`` may be on a bucket (one object per image; on a bucket an
+    object exists only once its upload completed). The JSON is written last and atomically, so once it exists
+    every image it names does."""
+    from pipeline.writer import atomic_write_text
+
+    out_dir = as_path(out_dir)
+    if not is_remote(out_dir):
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict[str, Any]] = {}
     for i, (key, meta, files) in enumerate(read_samples(dataset)):
         src, tgt = _member(files, "src"), _member(files, "tgt")
@@ -50,5 +56,5 @@ def export_smartedit_json(dataset: Path | str, out_dir: Path | str, json_name: s
         entries[f"{i:04d}"] = {"origin_img_path": paths[0], "target_img_path": paths[1],
                                "instruction": meta.get("instructions") or [meta.get("instruction", "")]}
     path = out_dir / json_name
-    path.write_text(json.dumps(entries, indent=1, ensure_ascii=False))
+    atomic_write_text(path, json.dumps(entries, indent=1, ensure_ascii=False))
     return path

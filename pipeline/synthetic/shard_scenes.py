@@ -13,12 +13,23 @@ samples of other kinds and other splits. Refs repeating an annotation keep the f
 A scene holds only the referred annotations: an unreferred object of the same category is invisible
 to left/right and counting picks (RefCOCO refers to most same-category instances; COCO input has all).
 Shards carry no mirror regions: pass a scenes.json (`BuildInputs.scenes`) or reflections count as objects.
+
+The input shards may be local or on a bucket (``s3://...``, read through `pipeline.shards`). The COCO files
+are always written to a local directory: pycocotools, PIL and the shard stages open them by path. When the
+build's output is on a bucket, that directory is a local cache (`materialise_remote_scenes`), uploaded to
+``<output>/input_scenes/`` so that a worker on another machine fetches it once (`ensure_local_scenes`)
+instead of reading every input shard again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.shards import IMAGE_EXTENSIONS, INDEX_NAME, WIDS_KIND, decode_mask, find_manifests, image_member, iter_samples, load_manifest
+from pipeline.storage import as_path, is_remote
 from pipeline.synthetic.scene import CocoSplit
 from pipeline.vocabulary import COCO_CATEGORIES
 from pipeline.writer import atomic_write_text
@@ -37,8 +49,11 @@ KIND = "referring_mask"
 
 def is_shard_input(path: str | Path) -> bool:
     """True for a ``shardindex.json``, a dataset directory holding one, or a directory with some below it
-    (and no COCO ``annotations/instances_*.json`` layout, which keeps its meaning)."""
-    path = Path(path)
+    (and no COCO ``annotations/instances_*.json`` layout, which keeps its meaning). A bucket URL is shard
+    input when a ``shardindex.json`` is at or below it."""
+    path = as_path(path)
+    if is_remote(path):
+        return path.name == INDEX_NAME or bool(find_manifests(path))
     if path.is_file():
         if path.name == INDEX_NAME:
             return True
@@ -60,7 +75,7 @@ def is_shard_input(path: str | Path) -> bool:
     return bool(find_manifests(path))
 
 
-def _referring_manifests(path: Path) -> list[Path]:
+def _referring_manifests(path) -> list[Path]:
     manifests = [path] if path.is_file() else find_manifests(path)
     out = []
     for m in manifests:
@@ -101,7 +116,7 @@ def materialise_shard_scenes(input_path: str | Path, out_dir: str | Path,
     """
     from pycocotools import mask as mask_utils
 
-    path, out_dir = Path(input_path), Path(out_dir)
+    path, out_dir = as_path(input_path), Path(out_dir)
     wanted = set(splits or ())
     images: dict[int, dict[str, Any]] = {}  # image_id → file name, bytes, size, splits
     objects: dict[int, dict[str, Any]] = {}  # ann_id → image_id, category_id, mask (H, W) bool
@@ -187,3 +202,58 @@ def materialise_shard_scenes(input_path: str | Path, out_dir: str | Path,
     log.info("shard input: %d objects on %d images from %d refs (%d repeats; skipped %s)", len(objects),
              len(images), counts["samples"], counts["duplicate_refs"], counts["skipped"])
     return out, counts
+
+
+SCENES_CACHE_ENV = "SMARTEDIT_SCENES_CACHE"
+
+
+def scenes_cache_root() -> Path:
+    """Where scenes of builds with a bucket output are materialised: ``$SMARTEDIT_SCENES_CACHE`` or the system
+    temporary directory. The plan records the paths, so every worker must resolve the same root."""
+    return Path(os.environ.get(SCENES_CACHE_ENV) or Path(tempfile.gettempdir()) / "smartedit-input-scenes")
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Move the finished directory ``tmp`` to ``final`` (a rename: readers see all of it or none); when another
+    process got there first, its copy (the same files) is kept."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialise_remote_scenes(input_path: str | Path, remote_dir, splits: Iterable[str] | None = None
+                              ) -> tuple[list[CocoSplit], dict[str, Any]]:
+    """`materialise_shard_scenes` for a build whose output is on a bucket: the files go to a fresh local cache
+    directory (a new name per plan, so a stale copy is never taken for this one), which is then uploaded to
+    ``remote_dir`` for `ensure_local_scenes` on other machines."""
+    tag = hashlib.sha256(str(remote_dir).encode()).hexdigest()[:12]
+    final = scenes_cache_root() / f"{tag}-{secrets.token_hex(4)}"
+    tmp = final.with_name(final.name + ".tmp")
+    splits_out, counts = materialise_shard_scenes(input_path, tmp, splits)
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    remote_dir.fs.put([str(p) for p in files], [f"{remote_dir.path}/{p.relative_to(tmp).as_posix()}" for p in files])
+    _swap_in(tmp, final)
+    moved = [CocoSplit(final / s.annotations.relative_to(tmp), final / s.images.relative_to(tmp), s.split)
+             for s in splits_out]
+    return moved, counts
+
+
+def ensure_local_scenes(annotations: Iterable[str], remote_dir) -> None:
+    """Download ``remote_dir`` (uploaded by `materialise_remote_scenes`) to the local directory the plan's
+    ``annotations`` paths lie in, unless it is there already (on the planning machine, or fetched before)."""
+    paths = [Path(a) for a in annotations]
+    if not paths or all(p.is_file() for p in paths):
+        return
+    final = paths[0].parents[1]  # <root>/annotations/instances_<split>.json
+    tmp = final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    base = remote_dir.path.rstrip("/") + "/"
+    keys = remote_dir.fs.find(remote_dir.path)
+    if not keys:
+        raise FileNotFoundError(f"{remote_dir}: the materialised input scenes are missing; delete "
+                                f"{remote_dir.parent / 'plan.json'} and rerun to plan again")
+    remote_dir.fs.get(keys, [str(tmp / k[len(base):]) for k in keys])
+    _swap_in(tmp, final)
+    log.info("shard input: fetched %d files of %s into %s", len(keys), remote_dir, final)
