@@ -50,7 +50,7 @@ class _Killed(BaseException):
     """Stands in for a killed process."""
 
 
-def test_cli_build_into_a_bucket_writes_the_local_bytes_and_verifies(s3, scenes, local, capsys):
+def test_cli_build_into_a_bucket_writes_the_local_bytes_and_verifies(s3, scenes, local, capsys, tmp_path):
     from smartedit_cli.main import main
 
     fs, _ = s3
@@ -80,6 +80,16 @@ def test_cli_build_into_a_bucket_writes_the_local_bytes_and_verifies(s3, scenes,
     images = {n for n in names if n.startswith("smartedit_json/images/")}
     assert images == {p.relative_to(local).as_posix() for p in (local / "smartedit_json" / "images").iterdir()}
     assert len(images) == 2 * remote["counts"]["kept"]
+
+    # labelling page (local) from the bucket, then calibration written back into it with the data card
+    capsys.readouterr()
+    assert main(["synthetic", "label", url, "-o", str(tmp_path / "label.html"), "-n", "3"]) == 0
+    keys = sorted(p.name.split(".")[0] for p in (tmp_path / "label_images").glob("*.src.png"))
+    assert len(keys) >= 3
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": {k: True for k in keys}}))
+    assert main(["synthetic", "calibrate", str(tmp_path / "labels.json"), "--dataset", url]) == 0
+    assert json.loads(fs.cat_file(f"{BUCKET}/syn/calibration.json"))["labels"] == len(keys)
+    assert "## Measured precision (from labels)" in fs.cat_file(f"{BUCKET}/syn/DATA_CARD.md").decode()
 
 
 def test_killed_builds_leave_no_final_named_partial_object(s3, scenes, local, monkeypatch):

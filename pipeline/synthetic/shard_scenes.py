@@ -234,6 +234,8 @@ def materialise_remote_scenes(input_path: str | Path, remote_dir, splits: Iterab
     tmp = final.with_name(final.name + ".tmp")
     splits_out, counts = materialise_shard_scenes(input_path, tmp, splits)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    if remote_dir.exists():  # an earlier planning attempt's upload (plan.json was not written: it died)
+        remote_dir.fs.rm(remote_dir.path, recursive=True)
     remote_dir.fs.put([str(p) for p in files], [f"{remote_dir.path}/{p.relative_to(tmp).as_posix()}" for p in files])
     _swap_in(tmp, final)
     moved = [CocoSplit(final / s.annotations.relative_to(tmp), final / s.images.relative_to(tmp), s.split)
