@@ -21,6 +21,9 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
     debootstrap --variant=minbase --include=python3,python3-pip,python3-venv bookworm "$root" http://deb.debian.org/debian
     rm -f "$root"/usr/lib/python3.11/EXTERNALLY-MANAGED      # an image's own Python, as in python:3.11-slim
     ln -sf python3 "$root/usr/bin/python"; ln -sf pip3 "$root/usr/bin/pip"
+    # the build reaches PyPI as this host does: trust the CAs this host trusts (a TLS-intercepting registry proxy)
+    cp /etc/ssl/certs/ca-certificates.crt "$root/usr/local/share/ca-certificates/build-host.crt"
+    chroot "$root" update-ca-certificates >/dev/null
     tar -C "$root" -c . | docker import - "$BASE"
     rm -rf "$root"
 fi
