@@ -25,11 +25,16 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libglib
 
 WORKDIR /opt/smartedit
 
+# Where torch comes from: the PyTorch index of the variant, unless TORCH_SOURCE gives pip other options (a mirror,
+# or a directory of wheels: --build-arg TORCH_SOURCE="--find-links http://127.0.0.1:8765/", as
+# bench/docker_build.sh does on a machine that reaches PyPI but not download.pytorch.org).
+ARG TORCH_SOURCE=""
 RUN case "$VARIANT" in \
-      cpu)  pip install "$TORCH" --index-url https://download.pytorch.org/whl/cpu ;; \
-      cuda) pip install "$TORCH" --index-url "https://download.pytorch.org/whl/$CUDA_INDEX" ;; \
+      cpu)  index=https://download.pytorch.org/whl/cpu ;; \
+      cuda) index="https://download.pytorch.org/whl/$CUDA_INDEX" ;; \
       *) echo "VARIANT must be cpu or cuda, got $VARIANT" >&2; exit 1 ;; \
-    esac
+    esac \
+    && if [ -n "$TORCH_SOURCE" ]; then pip install "$TORCH" $TORCH_SOURCE; else pip install "$TORCH" --index-url "$index"; fi
 
 # dependencies before the code, so a code change rebuilds only the last layers
 COPY pyproject.toml constraints.txt README.md ./

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -153,7 +154,10 @@ def _docker_daemon() -> bool:
 
 @pytest.mark.skipif(not _docker_daemon(), reason="no docker daemon on this machine")
 def test_docker_build_cpu_image():
-    subprocess.run(["docker", "build", "-t", "smartedit:test-cpu", "--build-arg", "VARIANT=cpu", str(ROOT)],
+    # SMARTEDIT_DOCKER_BUILD_ARGS: extra `docker build` options where Docker Hub or the PyTorch index is out of
+    # reach, e.g. the base image and torch source that bench/docker_build.sh makes
+    extra = shlex.split(os.environ.get("SMARTEDIT_DOCKER_BUILD_ARGS", ""))
+    subprocess.run(["docker", "build", "-t", "smartedit:test-cpu", "--build-arg", "VARIANT=cpu", *extra, str(ROOT)],
                    check=True, timeout=3600)
     out = subprocess.run(["docker", "run", "--rm", "smartedit:test-cpu", "python", "-c",
                           "import torch, flows.train; print(torch.__version__)"],
