@@ -8,9 +8,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 RunnerKind = Literal["process", "threads", "dask", "ray"]
+
+
+# Options for many small tasks whose outputs live on disk (one convert task per shard): no Prefect cache key
+# (the default policy hashes every task's inputs and looks the key up in the result store) and no result
+# persistence. Resume is the library's own (each shard's completion marker and fingerprint), never Prefect's cache.
+LIGHT_TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+class ProgressThrottle:
+    """A Prefect progress artifact for ``total`` units, updated at most once per ``interval`` seconds and always
+    at the last unit. Each update is a blocking API call; once per shard it costs a round trip per task
+    (Prefect has no throttle of its own)."""
+
+    def __init__(self, description: str, total: int, interval: float = 1.0):
+        from prefect.artifacts import create_progress_artifact
+
+        self.total, self.interval, self._last = max(total, 1), interval, float("-inf")
+        self.id = create_progress_artifact(progress=0.0, description=description)
+
+    def update(self, done: int) -> bool:
+        """Report ``done`` units; returns whether the artifact was updated (the caller may log the same moment)."""
+        import time
+
+        from prefect.artifacts import update_progress_artifact
+
+        now = time.monotonic()
+        if done < self.total and now - self._last < self.interval:
+            return False
+        self._last = now
+        update_progress_artifact(self.id, progress=100.0 * min(done, self.total) / self.total)
+        return True
 
 
 def artifact_key(*parts: str) -> str:

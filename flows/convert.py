@@ -13,16 +13,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
-from flows.common import (RunnerKind, is_io_error, keep_if_unchanged, make_task_runner, manifest_snapshot,
-                          publish_manifests)
+from flows.common import (LIGHT_TASK, ProgressThrottle, RunnerKind, is_io_error, keep_if_unchanged, make_task_runner,
+                          manifest_snapshot, publish_manifests)
 from pipeline.storage import as_path
 from pipeline.vocabulary import SOURCE_GROUPS
+
+if TYPE_CHECKING:
+    from pipeline.convert import ShardPlan
 
 SEGMENTATION = SOURCE_GROUPS["segmentation"]
 VQA = SOURCE_GROUPS["vqa"]
@@ -46,21 +49,28 @@ def _reader(source: str, root: str, split: str, options_json: str):
     return get_reader(source, root, split, **json.loads(options_json))
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=is_io_error, task_run_name="{source}-{split}-shard-{shard_index}")
-def convert_shard_task(source: str, root: str, split: str, options_json: str, shard_index: int, shard_size: int,
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=is_io_error, task_run_name="{source}-{split}-shard-{shard_index}",
+      **LIGHT_TASK)
+def convert_shard_task(source: str, root: str, split: str, options_json: str, shard_index: int, plan: ShardPlan,
                        dataset_dir: str) -> dict[str, Any]:
-    """The library's `convert_shard` for one planned shard (the plan is recomputed here: it is deterministic)."""
-    from pipeline.convert import convert_shard, shard_plans
+    """The library's `convert_shard` for one shard of the plan the flow prepared under the dataset lock.
+
+    Small parameters only: the shard's plan (name, record range, fingerprint) and what names the reader; the
+    reader itself is built once per worker process (`_reader`), never pickled into each task."""
+    from pipeline.convert import convert_shard
     from pipeline.writer import stats_path
 
     reader = _reader(source, root, split, options_json)
-    plan = shard_plans(reader, shard_size)[shard_index]
     path = as_path(dataset_dir) / plan.name
     resumed = stats_path(path).exists() and path.exists()
+    started = time.perf_counter()
     stats = convert_shard(reader, plan, dataset_dir)
-    get_run_logger().info("%s: %s (%d kept, %d rejected)", plan.name, "resumed: already complete" if resumed else "built",
-                          stats.nsamples, stats.n_rejected)
-    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "resumed": resumed}
+    seconds = time.perf_counter() - started
+    # "in N s": the work inside the task, which bench/cluster_runners.py sets against the task run's span
+    get_run_logger().info("%s: %s (%d kept, %d rejected) in %.3f s", plan.name,
+                          "resumed: already complete" if resumed else "built", stats.nsamples, stats.n_rejected, seconds)
+    return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "resumed": resumed,
+            "seconds": seconds}
 
 
 def _splits(params: SourceParams) -> list[str]:
@@ -99,10 +109,10 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
                 jobs.append((params, split, options_json, plan))
 
         total = sum(len(j[3].shards) for j in jobs)
-        progress = create_progress_artifact(progress=0.0, description=f"{flow_name}: shards written of {total}")
+        progress = ProgressThrottle(f"{flow_name}: shards written of {total}", total)
         futures = [
-            [convert_shard_task.submit(params.source, params.root, split, options_json, i, shard_size, str(plan.dataset_dir))
-             for i in range(len(plan.shards))]
+            [convert_shard_task.submit(params.source, params.root, split, options_json, i, shard, str(plan.dataset_dir))
+             for i, shard in enumerate(plan.shards)]
             for params, split, options_json, plan in jobs
         ]
         manifests, paths, unchanged, done = [], [], [], 0
@@ -111,8 +121,8 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
             for future in shard_futures:
                 resumed += bool(future.result()["resumed"])
                 done += 1
-                update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
-                logger.info("%s: shards %d/%d", flow_name, done, total)
+                if progress.update(done):
+                    logger.info("%s: shards %d/%d", flow_name, done, total)
             before = manifest_snapshot(plan.dataset_dir / INDEX_NAME)
             index = finish_conversion(plan)
             # nothing rebuilt and the same data: keep the provenance, announce nothing (flows/common.py)
