@@ -65,6 +65,9 @@ LOCK_TTL_ENV = "SMARTEDIT_LOCK_TTL"
 DEFAULT_LOCK_TTL = 60.0
 # Last-Modified and Date have whole-second resolution: a lease counts as expired only this much past its ttl.
 _CLOCK_GRANULARITY = 1.0
+# A holder publishes only while its last renewal is younger than this part of the ttl (renewals come every third):
+# the last third, plus the clock granularity, is left for a publish already in flight before a contender may take over.
+_SAFE_FRACTION = 2 / 3
 _takeover_hook: Callable[[], None] | None = None  # test seam: runs between reading a stale lease and taking it over
 
 
@@ -182,21 +185,26 @@ class Lease:
 
     def _renew_loop(self) -> None:
         obj = _LockObject(self.lock_path)
-        while not self._stop.wait(self.ttl / 3):
+        wait = self.ttl / 3
+        while not self._stop.wait(wait) and self.lost is None:
             sent = time.monotonic()
             self._body["renewals"] = self._body.get("renewals", 0) + 1  # a new ETag every time
             try:
                 self.etag = obj.overwrite(json.dumps(self._body).encode(), self.etag)
-                self._renewed_at = sent
-            except OSError as err:
+                self._renewed_at, wait = sent, self.ttl / 3
+            except Exception as err:  # noqa: BLE001 - any failure: retry soon, until the lease is unsafe
                 if _precondition_failed(err) or isinstance(err, FileNotFoundError):
                     self._lose("another run took it over after it expired" if _precondition_failed(err)
                                else "its lock object was deleted")
                     return
                 log.warning("%s: renewing the lock lease failed (%s); retrying", self.lock_path, err)
-                if time.monotonic() - self._renewed_at >= self.ttl:
-                    self._lose(f"it expired: no renewal succeeded for {self.ttl:g} s ({err})")
+                wait = self.ttl / 10
+                if self._unsafe():
+                    self._lose(f"no renewal succeeded for {_SAFE_FRACTION:.2g} of its {self.ttl:g} s ttl ({err})")
                     return
+
+    def _unsafe(self) -> bool:
+        return time.monotonic() - self._renewed_at >= _SAFE_FRACTION * self.ttl
 
     def _lose(self, why: str) -> None:
         if self.lost is None:
@@ -211,8 +219,8 @@ class Lease:
 
     def check(self, target: str) -> None:
         if os.getpid() == self.owner_pid:
-            if self.lost is None and time.monotonic() - self._renewed_at >= self.ttl:
-                self._lose(f"it expired: not renewed for {self.ttl:g} s")
+            if self.lost is None and self._unsafe():
+                self._lose(f"not renewed for {_SAFE_FRACTION:.2g} of its {self.ttl:g} s ttl")
         elif self.lost is None:
             try:  # a pool worker: the renewing thread is the parent's, so ask the lock object
                 lease, _, modified, now = _LockObject(as_path(str(self.lock_path))).read()
@@ -220,8 +228,8 @@ class Lease:
                 lease, modified, now = {}, None, None
             if lease.get("token") != self.token:
                 self.lost = f"the lock is now held by {_describe(lease)}" if lease else "its lock object is gone"
-            elif (now - modified).total_seconds() > self.ttl + _CLOCK_GRANULARITY:
-                self.lost = f"it expired at {_iso(modified + timedelta(seconds=self.ttl))} (server time)"
+            elif (now - modified).total_seconds() >= _SAFE_FRACTION * self.ttl:
+                self.lost = f"not renewed since {_iso(modified)} (server time), ttl {self.ttl:g} s"
         if self.lost is not None:
             raise LeaseLostError(f"{target}: not published: this run lost its lock lease on {self.dataset} "
                                  f"({self.lost}); another run may be writing it now: rerun once that one is done")
@@ -306,16 +314,16 @@ class DatasetLock:
         if _LEASES.get(str(self.dataset_dir)) is lease:
             del _LEASES[str(self.dataset_dir)]
         lease.stop_renewing()
-        if lease.lost is not None:
-            return  # not ours any more: leave the object to its new holder
-        try:
+        try:  # conditional: if another run took it over, the object is its lock now
             _LockObject(self.path).delete(lease.etag)
         except FileNotFoundError:
             pass
-        except OSError as err:
-            if not _precondition_failed(err):
-                raise
-            log.warning("%s: the lock lease was taken over before release; left to its new holder", self.path)
+        except Exception as err:  # noqa: BLE001 - a release never hides the run's own outcome
+            if _precondition_failed(err):
+                log.warning("%s: the lock lease was taken over before release; left to its new holder", self.path)
+            else:
+                log.warning("%s: could not delete the lock lease (%s); it expires %g s after its last renewal",
+                            self.path, err, lease.ttl)
 
     def acquire(self) -> "DatasetLock":
         if is_remote(self.dataset_dir):

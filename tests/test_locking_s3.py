@@ -138,8 +138,19 @@ def test_two_contenders_for_an_expired_lease_exactly_one_wins(s3, monkeypatch):
     dead.lease.stop_renewing()  # a holder that stopped renewing (as a killed one does)
     _wait_until_expired(url)
 
+    stale_token = _lock_object(fs, url)["token"]
     both_read_it = threading.Barrier(2, timeout=30)
-    monkeypatch.setattr(locking, "_takeover_hook", both_read_it.wait)  # both have seen the stale lease; now race
+
+    def race() -> None:  # runs in each contender after it judged the lease expired, before its takeover PUT
+        if both_read_it.wait() == 1:  # both hold the stale ETag now; this one lets the other write first
+            # (S3 applies concurrent conditional writes one at a time; moto's server checks and writes
+            # without a lock, so the test orders the two PUTs instead of sending them together)
+            deadline = time.monotonic() + 30
+            while _lock_object(fs, url)["token"] == stale_token:
+                assert time.monotonic() < deadline, "the first contender never took the lease over"
+                time.sleep(0.05)
+
+    monkeypatch.setattr(locking, "_takeover_hook", race)
     won: list[DatasetLock] = []
     refused: list[str] = []
 
@@ -184,7 +195,8 @@ def test_a_holder_that_lost_its_lease_publishes_nothing_more(s3, sources):
                 convert_shard(reader, plan.shards[1], url)
             # a pool worker (which does not renew) asks the lock object itself before publishing
             with ProcessPoolExecutor(1, initializer=worker_initializer, initargs=(os.getpid(), held_leases())) as pool:
-                with pytest.raises(LeaseLostError, match=rf"{second}: not published: .*now held by host \S+ pid {taker.pid},"):
+                with pytest.raises(LeaseLostError,
+                                   match=rf"{second}: not published: .*now held by host \S+ pid {taker.pid},"):
                     pool.submit(convert_shard, reader, plan.shards[2], url).result()
             fs.invalidate_cache()
             names = {key.rsplit("/", 1)[-1] for key in fs.find(f"{BUCKET}/lost/refcoco-train")}
@@ -204,8 +216,8 @@ def test_a_holder_that_lost_its_lease_publishes_nothing_more(s3, sources):
 def test_a_live_holder_is_named_with_host_and_pid(s3, monkeypatch):
     url = f"s3://{BUCKET}/live/ds"
     with DatasetLock(url):
-        with pytest.raises(DatasetLockedError, match=rf"another run \(host {socket.gethostname()} pid {os.getpid()}, "
-                                                     rf"since \S+\) holds its lock lease {url}/\.lock, which expires at "):
+        holder = rf"another run \(host {socket.gethostname()} pid {os.getpid()}, since \S+\)"
+        with pytest.raises(DatasetLockedError, match=rf"{holder} holds its lock lease {url}/\.lock, which expires at "):
             DatasetLock(url).acquire()
     with DatasetLock(url):  # released: free again
         pass
