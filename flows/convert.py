@@ -48,16 +48,19 @@ def _reader(source: str, root: str, split: str, options_json: str):
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=is_io_error, task_run_name="{source}-{split}-shard-{shard_index}")
 def convert_shard_task(source: str, root: str, split: str, options_json: str, shard_index: int, shard_size: int,
-                       dataset_dir: str) -> dict[str, Any]:
-    """The library's `convert_shard` for one planned shard (the plan is recomputed here: it is deterministic)."""
+                       dataset_dir: str, leases: list[list[Any]] | None = None) -> dict[str, Any]:
+    """The library's `convert_shard` for one planned shard (the plan is recomputed here: it is deterministic).
+    ``leases``: the flow run's bucket lock leases, checked before publishing (pipeline/locking.py)."""
     from pipeline.convert import convert_shard, shard_plans
+    from pipeline.locking import adopted_leases
     from pipeline.writer import stats_path
 
     reader = _reader(source, root, split, options_json)
     plan = shard_plans(reader, shard_size)[shard_index]
     path = as_path(dataset_dir) / plan.name
     resumed = stats_path(path).exists() and path.exists()
-    stats = convert_shard(reader, plan, dataset_dir)
+    with adopted_leases(leases or ()):
+        stats = convert_shard(reader, plan, dataset_dir)
     get_run_logger().info("%s: %s (%d kept, %d rejected)", plan.name, "resumed: already complete" if resumed else "built",
                           stats.nsamples, stats.n_rejected)
     return {"shard": stats.url, "nsamples": stats.nsamples, "rejected": stats.n_rejected, "resumed": resumed}
@@ -79,7 +82,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
     `finish_conversion`, so a flow and `smartedit convert` write the same manifest.
     """
     from pipeline.convert import finish_conversion, make_output_dir, prepare_conversion
-    from pipeline.locking import DatasetLock
+    from pipeline.locking import DatasetLock, held_leases
     from pipeline.manifest import INDEX_NAME
 
     logger = get_run_logger()
@@ -98,10 +101,12 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
                 plan = prepare_conversion(reader, dataset_dir, shard_size=shard_size, overwrite=overwrite)
                 jobs.append((params, split, options_json, plan))
 
+        leases = [list(lease) for lease in held_leases()]  # tasks in other processes check them before publishing
         total = sum(len(j[3].shards) for j in jobs)
         progress = create_progress_artifact(progress=0.0, description=f"{flow_name}: shards written of {total}")
         futures = [
-            [convert_shard_task.submit(params.source, params.root, split, options_json, i, shard_size, str(plan.dataset_dir))
+            [convert_shard_task.submit(params.source, params.root, split, options_json, i, shard_size, str(plan.dataset_dir),
+                                       leases)
              for i in range(len(plan.shards))]
             for params, split, options_json, plan in jobs
         ]

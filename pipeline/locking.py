@@ -39,7 +39,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -250,8 +251,34 @@ def check_lease(target) -> None:
 
 
 def held_leases() -> tuple[tuple[str, str, float], ...]:
-    """(dataset, token, ttl) of the leases held here, for `worker_initializer` in a spawned pool worker."""
+    """(dataset, token, ttl) of the leases held here: for `worker_initializer` and `adopted_leases` in the processes
+    (pool workers, Prefect task runners, other machines) that publish into those datasets."""
     return tuple((dataset, lease.token, lease.ttl) for dataset, lease in _LEASES.items())
+
+
+_ADOPTED: dict[str, int] = {}  # dataset -> how many `adopted_leases` blocks in this process use its entry
+
+
+@contextmanager
+def adopted_leases(leases: Iterable[Sequence[Any]]):
+    """Within the block, check ``leases`` (another process's `held_leases`) before publishing: for a task that runs
+    in a process which does not hold the lock itself (it asks the lock object, `Lease.check`)."""
+    added = []
+    for dataset, token, ttl in leases:
+        if dataset in _LEASES and dataset not in _ADOPTED:
+            continue  # this process holds it (a thread runner): its own renewals decide
+        if dataset not in _ADOPTED:
+            _LEASES[dataset] = Lease(as_path(dataset) / LOCK_NAME, dataset, token, float(ttl))
+        _ADOPTED[dataset] = _ADOPTED.get(dataset, 0) + 1
+        added.append(dataset)
+    try:
+        yield
+    finally:
+        for dataset in added:
+            _ADOPTED[dataset] -= 1
+            if not _ADOPTED[dataset]:
+                del _ADOPTED[dataset]
+                _LEASES.pop(dataset, None)
 
 
 class DatasetLock:
@@ -281,7 +308,10 @@ class DatasetLock:
                 other, stale_etag, modified, now = obj.read()
             except FileNotFoundError:
                 continue  # released meanwhile
-            other_ttl = float(other.get("ttl") or ttl)
+            try:
+                other_ttl = float(other.get("ttl") or ttl)
+            except (TypeError, ValueError):  # not ours to trust: judge it by this run's ttl
+                other_ttl = ttl
             expires = modified + timedelta(seconds=other_ttl)
             if (now - modified).total_seconds() <= other_ttl + _CLOCK_GRANULARITY:
                 raise DatasetLockedError(

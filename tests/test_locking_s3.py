@@ -5,6 +5,7 @@ one wins; a holder that lost its lease publishes nothing more; a live holder is 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -20,7 +21,8 @@ import pytest
 from convert_fixtures import build_sources
 from pipeline import locking
 from pipeline.convert import convert, convert_shard, prepare_conversion
-from pipeline.locking import DatasetLock, DatasetLockedError, LeaseLostError, held_leases, worker_initializer
+from pipeline.locking import (DatasetLock, DatasetLockedError, LeaseLostError, adopted_leases, held_leases,
+                              worker_initializer)
 from pipeline.sources import get_reader
 from s3_server import BUCKET  # the `s3` fixture (tests/conftest.py) creates it
 
@@ -193,18 +195,23 @@ def test_a_holder_that_lost_its_lease_publishes_nothing_more(s3, sources):
             first, second = plan.shards[1].name, plan.shards[2].name
             with pytest.raises(LeaseLostError, match=rf"{first}: not published: this run lost its lock lease on {url}"):
                 convert_shard(reader, plan.shards[1], url)
-            # a pool worker (which does not renew) asks the lock object itself before publishing
-            with ProcessPoolExecutor(1, initializer=worker_initializer, initargs=(os.getpid(), held_leases())) as pool:
+            # a pool worker (spawned: it inherits nothing) asks the lock object itself before publishing
+            ours = held_leases()
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_initializer,
+                                     initargs=(os.getpid(), ours)) as pool:
                 with pytest.raises(LeaseLostError,
                                    match=rf"{second}: not published: .*now held by host \S+ pid {taker.pid},"):
                     pool.submit(convert_shard, reader, plan.shards[2], url).result()
+            lock.release()  # lost: leaves the new holder's lock in place
+            assert _lock_object(fs, url)["token"] == token
+            with adopted_leases(ours):  # as a Prefect task in another process does (flows/convert.py)
+                with pytest.raises(LeaseLostError, match=rf"{second}: not published: .*now held by "):
+                    convert_shard(reader, plan.shards[2], url)
             fs.invalidate_cache()
             names = {key.rsplit("/", 1)[-1] for key in fs.find(f"{BUCKET}/lost/refcoco-train")}
             assert plan.shards[0].name in names
             assert not any(n.startswith(first.removesuffix(".tar")) or n.startswith(second.removesuffix(".tar"))
                            for n in names), names  # neither shard, its marker nor a temporary
-            lock.release()  # lost: leaves the new holder's lock in place
-            assert _lock_object(fs, url)["token"] == token
         finally:
             taker.communicate("release\n", timeout=30)
     finally:
