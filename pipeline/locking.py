@@ -14,14 +14,17 @@ On a bucket there is no flock and no kernel to notice a dead holder, so the lock
 ``<dataset>/.lock`` holds JSON (host, pid, a random token, acquired time, ttl seconds), created with a
 conditional PUT (``If-None-Match: *``). The holder rewrites it every ttl/3 from a daemon thread with
 ``If-Match: <ETag of its own last write>``; when that fails (another run took an expired lease over) or no
-renewal succeeded for a ttl, the lease is lost and `check_lease` (called by the writer before every final-key
-copy and marker write) refuses to publish anything more. A contender that finds the object judges its age by
-the server's clock only (its ``Last-Modified`` against the ``Date`` of the same response; hosts' clocks are
-never compared): a live lease is refused naming the holder and when it expires; an expired one (a run killed
-with -9) is taken over with ``If-Match: <the stale ETag>``, so of two contenders racing for it exactly one
-wins. Release deletes the object only while it is still ours (``If-Match``). TTL: ``SMARTEDIT_LOCK_TTL``
-seconds, default 60. Hand-written because fsspec/s3fs offer exclusive create but no lease, renewal or
-conditional overwrite; the S3 calls themselves go through s3fs (``call_s3``).
+renewal succeeded for 2/3 of a ttl, the lease is lost and `check_lease` (called by the writer before every
+final-key copy and marker write) refuses to publish anything more. Processes that publish for the holder without
+renewing (pool workers: `worker_initializer`; Prefect tasks: `adopted_leases`) check by reading the lock object:
+still the holder's token, renewed less than 2/3 of a ttl ago by the server's clock. A contender that finds the
+object judges its age by the server's clock only (its ``Last-Modified`` against the ``Date`` of the same
+response; hosts' clocks are never compared): a live lease is refused naming the holder and when it expires; an
+expired one (a run killed with -9; expired = older than its ttl plus a second, the headers' resolution) is taken
+over with ``If-Match: <the stale ETag>``, so of two contenders racing for it exactly one wins (S3 applies
+conditional writes to one key one at a time). Release deletes the object only while it is still ours
+(``If-Match``). TTL: ``SMARTEDIT_LOCK_TTL`` seconds, default 60. Hand-written because fsspec/s3fs offer
+exclusive create but no lease, renewal or conditional overwrite; the S3 calls themselves go through s3fs.
 """
 
 from __future__ import annotations
@@ -201,7 +204,7 @@ class Lease:
                 log.warning("%s: renewing the lock lease failed (%s); retrying", self.lock_path, err)
                 wait = self.ttl / 10
                 if self._unsafe():
-                    self._lose(f"no renewal succeeded for {_SAFE_FRACTION:.2g} of its {self.ttl:g} s ttl ({err})")
+                    self._lose(f"no renewal succeeded for {_SAFE_FRACTION * self.ttl:.3g} s, 2/3 of its ttl ({err})")
                     return
 
     def _unsafe(self) -> bool:
@@ -221,7 +224,7 @@ class Lease:
     def check(self, target: str) -> None:
         if os.getpid() == self.owner_pid:
             if self.lost is None and self._unsafe():
-                self._lose(f"not renewed for {_SAFE_FRACTION:.2g} of its {self.ttl:g} s ttl")
+                self._lose(f"not renewed for {_SAFE_FRACTION * self.ttl:.3g} s, 2/3 of its ttl")
         elif self.lost is None:
             try:  # a pool worker: the renewing thread is the parent's, so ask the lock object
                 lease, _, modified, now = _LockObject(as_path(str(self.lock_path))).read()
@@ -229,7 +232,7 @@ class Lease:
                 lease, modified, now = {}, None, None
             if lease.get("token") != self.token:
                 self.lost = f"the lock is now held by {_describe(lease)}" if lease else "its lock object is gone"
-            elif (now - modified).total_seconds() >= _SAFE_FRACTION * self.ttl:
+            elif (now - modified).total_seconds() >= _SAFE_FRACTION * self.ttl + _CLOCK_GRANULARITY:
                 self.lost = f"not renewed since {_iso(modified)} (server time), ttl {self.ttl:g} s"
         if self.lost is not None:
             raise LeaseLostError(f"{target}: not published: this run lost its lock lease on {self.dataset} "

@@ -27,7 +27,10 @@ from pipeline.sources import get_reader
 from s3_server import BUCKET  # the `s3` fixture (tests/conftest.py) creates it
 
 REPO = Path(__file__).resolve().parents[1]
-TTL = "2"  # seconds; the lease is renewed every ttl/3
+# Holders that die or stall get a short ttl (seconds; renewed every ttl/3, publishing while the last renewal is
+# younger than 2/3 of it); the runs that live on (reruns, winners) a long one, so a slow shared machine never
+# makes them lose their lease.
+SHORT_TTL, LONG_TTL = "3", "30"
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,14 @@ def sources(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def short_ttl(monkeypatch):
-    monkeypatch.setenv("SMARTEDIT_LOCK_TTL", TTL)
+def long_ttl(monkeypatch):
+    monkeypatch.setenv("SMARTEDIT_LOCK_TTL", LONG_TTL)
+
+
+def _short_lived_lock(url: str, monkeypatch) -> DatasetLock:
+    with monkeypatch.context() as env:
+        env.setenv("SMARTEDIT_LOCK_TTL", SHORT_TTL)
+        return DatasetLock(url).acquire()
 
 
 def _reader(sources):
@@ -106,7 +115,8 @@ def test_a_killed_runs_lease_blocks_while_fresh_then_is_taken_over(s3, sources, 
     url = f"s3://{BUCKET}/killed/refcoco-train"
     script = _PAUSING_RUN.format(repo=str(REPO), root=str(sources.roots["refcoco"]), url=url,
                                  options=json.dumps(sources.options.get("refcoco", {})))
-    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "SMARTEDIT_LOCK_TTL": SHORT_TTL})
     try:
         assert run.stdout.readline().strip() == "paused"  # shards 0 and 1 published, shard 2 in progress
         os.kill(run.pid, signal.SIGKILL)
@@ -136,7 +146,7 @@ def test_a_killed_runs_lease_blocks_while_fresh_then_is_taken_over(s3, sources, 
 def test_two_contenders_for_an_expired_lease_exactly_one_wins(s3, monkeypatch):
     fs, _ = s3
     url = f"s3://{BUCKET}/race/ds"
-    dead = DatasetLock(url).acquire()
+    dead = _short_lived_lock(url, monkeypatch)
     dead.lease.stop_renewing()  # a holder that stopped renewing (as a killed one does)
     _wait_until_expired(url)
 
@@ -178,54 +188,62 @@ def test_two_contenders_for_an_expired_lease_exactly_one_wins(s3, monkeypatch):
     assert not fs.exists(f"{BUCKET}/race/ds/.lock")
 
 
-def test_a_holder_that_lost_its_lease_publishes_nothing_more(s3, sources):
+def test_a_holder_that_lost_its_lease_publishes_nothing_more(s3, sources, monkeypatch):
     fs, _ = s3
     url = f"s3://{BUCKET}/lost/refcoco-train"
     reader = _reader(sources)
-    lock = DatasetLock(url).acquire()
+    lock = _short_lived_lock(url, monkeypatch)
+    plan = prepare_conversion(reader, url, shard_size=2)
+    convert_shard(reader, plan.shards[0], url)  # published while the lease is ours
+    lock.lease.stop_renewing()  # test hook: the holder stalls ...
+    ours = held_leases()
+    # ... another run waits for the lease to expire, and a pool worker is spawned (it inherits nothing) meanwhile
+    taker = subprocess.Popen([sys.executable, "-c", _TAKER.format(repo=str(REPO), url=url)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_initializer,
+                               initargs=(os.getpid(), ours))
     try:
-        plan = prepare_conversion(reader, url, shard_size=2)
-        convert_shard(reader, plan.shards[0], url)  # published while the lease is ours
-        lock.lease.stop_renewing()  # test hook: the holder stalls ...
-        taker = subprocess.Popen([sys.executable, "-c", _TAKER.format(repo=str(REPO), url=url)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            took, token = taker.stdout.readline().split()
-            assert took == "took"
-            first, second = plan.shards[1].name, plan.shards[2].name
-            with pytest.raises(LeaseLostError, match=rf"{first}: not published: this run lost its lock lease on {url}"):
-                convert_shard(reader, plan.shards[1], url)
-            # a pool worker (spawned: it inherits nothing) asks the lock object itself before publishing
-            ours = held_leases()
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_initializer,
-                                     initargs=(os.getpid(), ours)) as pool:
-                with pytest.raises(LeaseLostError,
-                                   match=rf"{second}: not published: .*now held by host \S+ pid {taker.pid},"):
-                    pool.submit(convert_shard, reader, plan.shards[2], url).result()
-            lock.release()  # lost: leaves the new holder's lock in place
-            assert _lock_object(fs, url)["token"] == token
-            with adopted_leases(ours):  # as a Prefect task in another process does (flows/convert.py)
-                with pytest.raises(LeaseLostError, match=rf"{second}: not published: .*now held by "):
-                    convert_shard(reader, plan.shards[2], url)
-            fs.invalidate_cache()
-            names = {key.rsplit("/", 1)[-1] for key in fs.find(f"{BUCKET}/lost/refcoco-train")}
-            assert plan.shards[0].name in names
-            assert not any(n.startswith(first.removesuffix(".tar")) or n.startswith(second.removesuffix(".tar"))
-                           for n in names), names  # neither shard, its marker nor a temporary
-        finally:
-            taker.communicate("release\n", timeout=30)
+        pool.submit(os.getpid).result()
+        took, token = taker.stdout.readline().split()
+        assert took == "took"
+        first, second = plan.shards[1].name, plan.shards[2].name
+        with pytest.raises(LeaseLostError, match=rf"{first}: not published: this run lost its lock lease on {url}"):
+            convert_shard(reader, plan.shards[1], url)
+        # the pool worker (which does not renew) asks the lock object itself before publishing
+        with pytest.raises(LeaseLostError, match=rf"{second}: not published: .*now held by host \S+ pid {taker.pid},"):
+            pool.submit(convert_shard, reader, plan.shards[2], url).result()
+        lock.release()  # lost: leaves the new holder's lock in place
+        assert _lock_object(fs, url)["token"] == token
+        with adopted_leases(ours):  # as a Prefect task in another process does (flows/convert.py)
+            with pytest.raises(LeaseLostError, match=rf"{second}: not published: .*now held by "):
+                convert_shard(reader, plan.shards[2], url)
+        fs.invalidate_cache()
+        names = {key.rsplit("/", 1)[-1] for key in fs.find(f"{BUCKET}/lost/refcoco-train")}
+        assert plan.shards[0].name in names
+        assert not any(n.startswith(first.removesuffix(".tar")) or n.startswith(second.removesuffix(".tar"))
+                       for n in names), names  # neither shard, its marker nor a temporary
     finally:
+        pool.shutdown()
         lock.release()
+        taker.communicate("release\n", timeout=30)
     fs.invalidate_cache()
     assert not fs.exists(f"{BUCKET}/lost/refcoco-train/.lock")  # the new holder released it
 
 
-def test_a_live_holder_is_named_with_host_and_pid(s3, monkeypatch):
+def test_a_live_holder_renewing_past_its_ttl_is_named_with_host_and_pid(s3, monkeypatch):
+    fs, _ = s3
     url = f"s3://{BUCKET}/live/ds"
-    with DatasetLock(url):
+    held = _short_lived_lock(url, monkeypatch)
+    try:
+        deadline = time.monotonic() + 60
+        while _lock_object(fs, url).get("renewals", 0) < 5:  # renewed every ttl/3: now held for longer than a ttl
+            assert time.monotonic() < deadline, "the lease was never renewed"
+            time.sleep(0.2)
         holder = rf"another run \(host {socket.gethostname()} pid {os.getpid()}, since \S+\)"
         with pytest.raises(DatasetLockedError, match=rf"{holder} holds its lock lease {url}/\.lock, which expires at "):
             DatasetLock(url).acquire()
+    finally:
+        held.release()
     with DatasetLock(url):  # released: free again
         pass
     monkeypatch.setenv("SMARTEDIT_LOCK_TTL", "soon")
