@@ -41,7 +41,10 @@ def plan_task(config_json: str, inputs_json: str, output: str) -> int:
 
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=is_io_error, task_run_name="shard-{shard_index}")
-def shard_task(config_json: str, output: str, shard_index: int) -> dict[str, Any]:
+def shard_task(config_json: str, output: str, shard_index: int,
+               leases: list[list[Any]] | None = None) -> dict[str, Any]:
+    """One shard; ``leases``: the flow run's bucket lock lease, checked before publishing (pipeline/locking.py)."""
+    from pipeline.locking import adopted_leases
     from pipeline.synthetic.build import build_shard
     from pipeline.synthetic.config import SyntheticConfig
 
@@ -53,7 +56,7 @@ def shard_task(config_json: str, output: str, shard_index: int) -> dict[str, Any
 
     name = shard_plans(json.loads(plan_path(output).read_text()), cfg)[shard_index].name
     resumed = stats_path(as_path(output) / name).exists() and (as_path(output) / name).exists()
-    with gpu_slot(cfg.device):
+    with gpu_slot(cfg.device), adopted_leases(leases or ()):
         result = build_shard(cfg, output, shard_index)
     get_run_logger().info("%s: %s (%d pairs kept, %d dropped)", name, "resumed: already complete" if resumed else "built",
                           result["nsamples"], result["rejected"])
@@ -97,7 +100,7 @@ def build_synthetic(
         announce: Emit `shards.built` when the build changed something (starts the `train` trigger);
             False when a calling flow trains itself.
     """
-    from pipeline.locking import DatasetLock
+    from pipeline.locking import DatasetLock, held_leases
     from pipeline.manifest import load_manifest
     from pipeline.synthetic.build import BuildInputs, prepare_output, remove_dead_temporaries
 
@@ -115,7 +118,8 @@ def build_synthetic(
         remove_dead_temporaries(out)
         n_shards = plan_task(config_json, inputs_json, output)
         inner = shards_flow.with_options(task_runner=make_task_runner(runner, workers))
-        shard_results = inner(config_json=config_json, output=output, n_shards=n_shards)
+        shard_results = inner(config_json=config_json, output=output, n_shards=n_shards,
+                              leases=[list(lease) for lease in held_leases()])
         resumed = sum(bool(r.get("resumed")) for r in shard_results)
         logger.info("build-synthetic: shards %d built, %d resumed, %d pairs in them", n_shards - resumed, resumed,
                     sum(r["nsamples"] for r in shard_results))
@@ -139,10 +143,11 @@ def _check_inputs(**paths: str | None) -> None:
 
 
 @flow(name="build-synthetic-shards")
-def shards_flow(config_json: str, output: str, n_shards: int) -> list[dict[str, Any]]:
+def shards_flow(config_json: str, output: str, n_shards: int,
+                leases: list[list[Any]] | None = None) -> list[dict[str, Any]]:
     logger = get_run_logger()
     progress = create_progress_artifact(progress=0.0, description=f"build-synthetic: shards done of {n_shards}")
-    futures = [shard_task.submit(config_json, output, i) for i in range(n_shards)]
+    futures = [shard_task.submit(config_json, output, i, leases) for i in range(n_shards)]
     results, pairs = [], 0
     for done, future in enumerate(futures, 1):
         results.append(future.result())

@@ -52,19 +52,22 @@ def _reader(source: str, root: str, split: str, options_json: str):
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=is_io_error, task_run_name="{source}-{split}-shard-{shard_index}",
       **LIGHT_TASK)
 def convert_shard_task(source: str, root: str, split: str, options_json: str, shard_index: int, plan: ShardPlan,
-                       dataset_dir: str) -> dict[str, Any]:
+                       dataset_dir: str, leases: list[list[Any]] | None = None) -> dict[str, Any]:
     """The library's `convert_shard` for one shard of the plan the flow prepared under the dataset lock.
 
     Small parameters only: the shard's plan (name, record range, fingerprint) and what names the reader; the
-    reader itself is built once per worker process (`_reader`), never pickled into each task."""
+    reader itself is built once per worker process (`_reader`), never pickled into each task. ``leases``: the
+    flow run's bucket lock leases, checked before publishing (pipeline/locking.py)."""
     from pipeline.convert import convert_shard
+    from pipeline.locking import adopted_leases
     from pipeline.writer import stats_path
 
     reader = _reader(source, root, split, options_json)
     path = as_path(dataset_dir) / plan.name
     resumed = stats_path(path).exists() and path.exists()
     started = time.perf_counter()
-    stats = convert_shard(reader, plan, dataset_dir)
+    with adopted_leases(leases or ()):
+        stats = convert_shard(reader, plan, dataset_dir)
     seconds = time.perf_counter() - started
     # "in N s": the work inside the task, which bench/cluster_runners.py sets against the task run's span
     get_run_logger().info("%s: %s (%d kept, %d rejected) in %.3f s", plan.name,
@@ -89,7 +92,7 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
     `finish_conversion`, so a flow and `smartedit convert` write the same manifest.
     """
     from pipeline.convert import finish_conversion, make_output_dir, prepare_conversion
-    from pipeline.locking import DatasetLock
+    from pipeline.locking import DatasetLock, held_leases
     from pipeline.manifest import INDEX_NAME
 
     logger = get_run_logger()
@@ -108,10 +111,12 @@ def convert_sources(sources: list[SourceParams], output: str, shard_size: int = 
                 plan = prepare_conversion(reader, dataset_dir, shard_size=shard_size, overwrite=overwrite)
                 jobs.append((params, split, options_json, plan))
 
+        leases = [list(lease) for lease in held_leases()]  # tasks in other processes check them before publishing
         total = sum(len(j[3].shards) for j in jobs)
         progress = ProgressThrottle(f"{flow_name}: shards written of {total}", total)
         futures = [
-            [convert_shard_task.submit(params.source, params.root, split, options_json, i, shard, str(plan.dataset_dir))
+            [convert_shard_task.submit(params.source, params.root, split, options_json, i, shard, str(plan.dataset_dir),
+                                       leases)
              for i, shard in enumerate(plan.shards)]
             for params, split, options_json, plan in jobs
         ]

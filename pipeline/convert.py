@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.fingerprint import code_fingerprint, tree_fingerprint
-from pipeline.locking import DatasetLock, worker_initializer
+from pipeline.locking import DatasetLock, held_leases, worker_initializer
 from pipeline.manifest import finalize_dataset
 from pipeline.provenance import Provenance, spec_hash
 from pipeline.records import Reject, Sample
@@ -281,9 +281,10 @@ def convert(
                     if progress:
                         progress(done, len(plan.shards))
             else:
-                # Workers die with this process (worker_initializer): a killed conversion leaves no orphan writing.
+                # Workers die with this process (worker_initializer): a killed conversion leaves no orphan writing;
+                # they check this run's bucket lease before publishing.
                 with ProcessPoolExecutor(max_workers=workers, initializer=worker_initializer,
-                                         initargs=(os.getpid(),)) as pool:
+                                         initargs=(os.getpid(), held_leases())) as pool:
                     n = len(plan.shards)
                     for _ in pool.map(convert_shard, [reader] * n, plan.shards, [dataset_dir] * n):
                         done += 1

@@ -5,7 +5,7 @@ as well as on a local disk (a path, or ``file://``). `as_path` returns a `pathli
 and a `upath.UPath` (universal-pathlib: the pathlib API over fsspec filesystems) for URLs, so the writer, the
 manifest code and the readers use one set of calls. What a bucket lacks is handled here: no rename (a
 server-side copy of the finished temporary object, then its deletion), no fsync (an object exists only once its
-upload completed), no flock (`pipeline.locking` creates its lock object with a conditional, exclusive PUT).
+upload completed), no flock (`pipeline.locking` keeps a lease object renewed with conditional PUTs).
 
 Credentials never appear in paths, manifests or code: fsspec's backends read them from the environment
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3`` for S3-compatible servers, or the

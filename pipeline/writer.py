@@ -10,7 +10,8 @@ rewrites every other one (pipeline/convert.py decides, under the dataset lock, w
 
 The same rule holds on object storage (`pipeline.storage`): the shard is uploaded as the temporary object,
 copied server-side to its final key (a final-named object is always complete) and the temporary deleted,
-and only then is the marker object written.
+and only then is the marker object written. Before each final-key copy and marker write the run's bucket lock
+lease is checked (`pipeline.locking.check_lease`): a run that lost it publishes nothing more.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.locking import check_lease
 from pipeline.records import Reject, Sample
 from pipeline.schema import SchemaError, validate_sample
 from pipeline.storage import as_path, fsync_dir, is_remote, replace
@@ -238,6 +240,7 @@ def write_shard(
             sources[str(item.meta.get("source", ""))] += 1
         tar.close()
         sink.close_synced()
+        check_lease(path)  # a bucket run whose lock lease was lost publishes nothing more (pipeline/locking.py)
     except BaseException:
         sink.abandon()
         tmp.unlink(missing_ok=True)
@@ -295,6 +298,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        check_lease(path)  # see write_shard
         replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.locking import check_lease
 from pipeline.shards import IMAGE_EXTENSIONS, INDEX_NAME, WIDS_KIND, decode_mask, find_manifests, image_member, iter_samples, load_manifest
 from pipeline.storage import as_path, is_remote
 from pipeline.synthetic.scene import CocoSplit
@@ -234,6 +235,7 @@ def materialise_remote_scenes(input_path: str | Path, remote_dir, splits: Iterab
     tmp = final.with_name(final.name + ".tmp")
     splits_out, counts = materialise_shard_scenes(input_path, tmp, splits)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    check_lease(remote_dir)  # a build that lost its bucket lock lease uploads nothing more
     if remote_dir.exists():  # an earlier planning attempt's upload (plan.json was not written: it died)
         remote_dir.fs.rm(remote_dir.path, recursive=True)
     remote_dir.fs.put([str(p) for p in files], [f"{remote_dir.path}/{p.relative_to(tmp).as_posix()}" for p in files])
