@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two-node `train` flow run across a real network interface, on one Linux machine: two network namespaces
 # (smn0 = node 0 at 10.23.0.1, smn1 = node 1 at 10.23.0.2) joined by a veth pair; each runs one `train` flow
-# process (tests/train_node.py, its own ephemeral Prefect API inside its namespace) with one gloo CPU rank,
+# process (tests/train_node.py) with one gloo CPU rank,
 # nnodes=2 and the c10d rendezvous on node 0 (10.23.0.1:29400). Node 1 cannot reach node 0's loopback, so the
 # rendezvous, the process group and every all-reduce cross the veth. Then the same with node 1's shards unreadable:
 # both flow runs must fail. Needs root (ip netns) and iproute2.
@@ -11,7 +11,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d /tmp/smartedit-netns.XXXXXX)
-cleanup() { ip netns del smn0 2>/dev/null || true; ip netns del smn1 2>/dev/null || true; }
+SERVER=
+cleanup() {
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null || true
+  ip netns del smn0 2>/dev/null || true; ip netns del smn1 2>/dev/null || true
+}
 trap cleanup EXIT
 cleanup
 
@@ -27,7 +31,19 @@ ip -n smn1 route get 10.23.0.1  # node 1 reaches node 0 over the veth
 echo "netns: node 0 = 10.23.0.1 (smn0), node 1 = 10.23.0.2 (smn1); 127.0.0.1 of one is not the other's"
 
 export PYTHONPATH="$ROOT:$ROOT/tests" OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-unset PREFECT_API_URL
+export PREFECT_HOME=$WORK/prefect PREFECT_API_URL=http://10.23.0.1:4200/api
+ip netns exec smn0 "$PY" -m prefect server start --host 10.23.0.1 --port 4200 >"$WORK/server.log" 2>&1 &
+SERVER=$!
+ip netns exec smn1 "$PY" - <<'PY'  # node 1 reaches the API on node 0
+import time, urllib.request
+for _ in range(300):
+    try:
+        urllib.request.urlopen("http://10.23.0.1:4200/api/health", timeout=5); break
+    except OSError:
+        time.sleep(1)
+else:
+    raise SystemExit("no Prefect server at 10.23.0.1:4200")
+PY
 "$PY" - "$WORK" <<'PY'
 import json, shutil, sys
 from pathlib import Path
@@ -48,7 +64,7 @@ node() {  # node <rank> <output dir> <shards dir>
     'overrides': {'checkpoint_every': 2, 'save_pipeline': False},
     'nnodes': 2, 'nproc_per_node': 1, 'node_rank': $1, 'rdzv_endpoint': '10.23.0.1:29400'}))")
   # gloo picks the address it advertises from this interface (both namespaces share one hostname)
-  ip netns exec smn$1 env PREFECT_HOME="$WORK/prefect$1" GLOO_SOCKET_IFNAME=smn-v$1 \
+  ip netns exec smn$1 env GLOO_SOCKET_IFNAME=smn-v$1 \
     "$PY" "$ROOT/tests/train_node.py" "$params" >"$2.node$1.log" 2>&1
 }
 
