@@ -1,6 +1,6 @@
 """The `train` flow across two nodes: two flow runs in separate processes (node 0 and node 1, one gloo CPU rank
-each) meet at one c10d rendezvous on 127.0.0.1 and train stage 2 as one world of 2: each node's rank trains and
-draws its own samples, rank 0 writes the checkpoint on the shared output dir and it resumes; when node 1's rank
+each, node 1 started first) meet at one rendezvous on 127.0.0.1 and train stage 2 as one world of 2: each node's
+rank trains and draws its own samples, rank 0 writes the checkpoint on the shared output dir and it resumes; when node 1's rank
 fails, both flow runs fail (node 0's rank loses its peer in the next collective, it does not hang).
 bench/multinode_netns.sh runs the same across two network namespaces."""
 
@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 
@@ -29,18 +30,37 @@ def _free_port() -> int:
 
 
 def _run_nodes(params: list[dict], timeout: int = 600) -> list[dict]:
-    """Start one `train` flow process per node (all at once), wait for every one; their NODE-RESULT lines."""
+    """Start one `train` flow process per node, the last node first: each next one only once the previous one's
+    torchrun was launched, so node 0 arrives at the rendezvous last and must still be global rank 0 (the rank comes
+    from node_rank, not arrival order). Wait for every one; their NODE-RESULT lines, in node order."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "PREFECT_API_URL": PREFECT_API_URL.value()}
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "train_node.py"), json.dumps(p)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in params]
+    nodes = []
+    for p in reversed(params):
+        proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "train_node.py"), json.dumps(p)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        launched = threading.Event()
+
+        def drain(proc=proc, lines=lines, launched=launched):
+            for line in proc.stdout:
+                lines.append(line)
+                if "launching node" in line:
+                    launched.set()
+            launched.set()  # it ended without launching: the result line says why
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        launched.wait(timeout)
+        nodes.append((proc, lines, reader))
     results = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=timeout)
-        line = next((l for l in out.splitlines() if l.startswith("NODE-RESULT ")), None)
-        assert line, f"node process exited {proc.returncode} without a result:\n{out[-4000:]}"
+    for proc, lines, reader in reversed(nodes):
+        proc.wait(timeout)
+        reader.join(timeout)
+        line = next((l for l in lines if l.startswith("NODE-RESULT ")), None)
+        assert line, f"node process exited {proc.returncode} without a result:\n{''.join(lines)[-4000:]}"
         results.append(json.loads(line.removeprefix("NODE-RESULT ")))
     return results
 
@@ -71,7 +91,7 @@ def test_train_flow_on_two_nodes_trains_one_world_resumes_and_fails_together(pre
     assert Path(node0["result"]["checkpoint"]) == step2
     assert read_state(step2)["run"]["num_processes"] == 2  # one world of 2 ranks across the two nodes
 
-    # each node's flow run logs its own rank's lines: global rank 0 ran on node 0, rank 1 on node 1
+    # each node's flow run logs its own rank's lines: global rank 0 ran on node 0 (which arrived last), rank 1 on node 1
     logs = [_flow_logs(n["flow_run_id"], "draws") for n in (node0, node1)]
     draws = [dict(re.findall(r"rank (\d)/2 draws (\[.*?\])", text)) for text in logs]  # "/2": world size 2
     assert set(draws[0]) == {"0"} and set(draws[1]) == {"1"}, logs
