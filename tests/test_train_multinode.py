@@ -1,7 +1,7 @@
 """The `train` flow across two nodes: two flow runs in separate processes (node 0 and node 1, one gloo CPU rank
 each, node 1 started first) meet at one rendezvous on 127.0.0.1 and train stage 2 as one world of 2: each node's
-rank trains and draws its own samples, rank 0 writes the checkpoint on the shared output dir and it resumes; when node 1's rank
-fails, both flow runs fail (node 0's rank loses its peer in the next collective, it does not hang).
+rank trains and draws its own samples, rank 0 writes the checkpoint on the shared output dir and it resumes; when
+node 1's rank fails, both flow runs fail (node 0's rank loses its peer in the next collective, it does not hang).
 bench/multinode_netns.sh runs the same across two network namespaces."""
 
 from __future__ import annotations
