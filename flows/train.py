@@ -95,11 +95,20 @@ def run_recipe(config: dict[str, Any], stage: int, model_name: str = "smartedit"
     return _summary(result)
 
 
+# How long node 0 waits for every node to join the rendezvous (torchrun's own default, written out: pods of an
+# Indexed Job may start minutes apart while images pull); SMARTEDIT_RDZV_JOIN_TIMEOUT overrides it.
+RDZV_JOIN_TIMEOUT_S = 600
+
+
 def torchrun_command(target: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-                     rdzv_endpoint: str | None = None, rdzv_id: str = "smartedit") -> list[str]:
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "smartedit",
+                     join_timeout_s: int = 600) -> list[str]:
     """``python -m torch.distributed.run`` (torchrun) for ``target`` (``["-m", "model.train_stage2", ...]``): a
-    standalone rendezvous on one node; across nodes a c10d rendezvous at ``rdzv_endpoint`` (host:port of node 0)
-    with this node's rank. torchrun exits non-zero when any rank fails, and stops the others."""
+    standalone rendezvous on one node; across nodes torchrun's *static* rendezvous at ``rdzv_endpoint`` (host:port
+    of node 0, which hosts the store) with this node's rank, waiting up to ``join_timeout_s`` for every node to
+    join. Static, not c10d: c10d ranks nodes by arrival and ignores ``--node_rank``, so "node 0" (the pod the
+    rendezvous host names, the node whose flow run reports the run) would be whichever node came first.
+    torchrun exits non-zero when any rank fails, and stops the others."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node)]
     if nnodes <= 1:
         cmd.append("--standalone")
@@ -107,8 +116,12 @@ def torchrun_command(target: list[str], nproc_per_node: int, nnodes: int = 1, no
         if not rdzv_endpoint:
             raise ValueError("train: nnodes > 1 needs rdzv_endpoint (host:port of node 0), e.g. from the work pool's "
                              "job variables (SMARTEDIT_RDZV_ENDPOINT)")
-        cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_backend", "c10d",
-                "--rdzv_endpoint", rdzv_endpoint, "--rdzv_id", rdzv_id]
+        if not 0 <= node_rank < nnodes:
+            raise ValueError(f"train: node_rank is {node_rank} but nnodes is {nnodes}; give each node a rank "
+                             f"0 … {nnodes - 1} (SMARTEDIT_NODE_RANK or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX)")
+        cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_backend", "static",
+                "--rdzv_endpoint", rdzv_endpoint, "--rdzv_id", rdzv_id, "--rdzv_conf", f"timeout={int(join_timeout_s)}",
+                "--max_restarts", "0"]
     return cmd + target
 
 
@@ -147,16 +160,20 @@ def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnode
     cfg = TrainConfig.from_dict({**config, "stage": stage})
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path, result_path = run_dir / f"launch-stage{stage}.yaml", run_dir / f"launch-result-node{node_rank}.json"
+    # per node: on a shared output dir every node writes its own launch config
+    config_path = run_dir / f"launch-stage{stage}-node{node_rank}.yaml"
+    result_path = run_dir / f"launch-result-node{node_rank}.json"
     cfg.save_yaml(config_path)
     result_path.unlink(missing_ok=True)
     logger = get_run_logger()
     cmd = torchrun_command(["-m", f"model.train_stage{stage}", "--config", str(config_path)], nproc_per_node, nnodes,
-                           node_rank, rdzv_endpoint, rdzv_id=f"smartedit-{run_dir.name}")
-    logger.info("launching %s", " ".join(cmd))
+                           node_rank, rdzv_endpoint, rdzv_id=f"smartedit-{run_dir.name}",
+                           join_timeout_s=int(os.environ.get("SMARTEDIT_RDZV_JOIN_TIMEOUT", RDZV_JOIN_TIMEOUT_S)))
+    logger.info("launching node %d of %d: %s", node_rank, nnodes, " ".join(cmd))
     env = {**os.environ, "SMARTEDIT_RESULT_JSON": str(result_path), "PYTHONUNBUFFERED": "1"}
+    what = "torchrun" if nnodes <= 1 else f"torchrun on node {node_rank} of {nnodes}"
     with gpu_slot("cuda" if _cuda() and not cfg.cpu else "cpu"):
-        stream_command(cmd, env, logger)
+        stream_command(cmd, env, logger, what)
     if not result_path.exists():  # nodes other than 0 train as well but report nothing
         return {"run_dir": str(run_dir), "stage": stage, "node_rank": node_rank}
     return _summary(RunResultView(json.loads(result_path.read_text())))

@@ -163,3 +163,29 @@ def test_docker_build_cpu_image():
                           "import torch, flows.train; print(torch.__version__)"],
                          check=True, capture_output=True, text=True).stdout
     assert out.strip().startswith("2.13.0")
+
+
+def test_kubernetes_train_job_spans_nodes_as_an_indexed_job(prefect_harness, monkeypatch):
+    variables = {**_deployments(monkeypatch)["train"]["work_pool"]["job_variables"], "nnodes": 2, "gpu_count": 8}
+    job = asyncio.run(_render("kubernetes", variables))
+    spec = job.job_manifest["spec"]
+    # one pod per node; pod i's JOB_COMPLETION_INDEX is the flow's node rank (flows/train.py reads it)
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == ("Indexed", 2, 2, 0)
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8  # per node
+    # node 0's pod <job>-0 resolves through the headless Service that selects every flow-run pod
+    service = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "rendezvous-service.yaml").read_text())
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    env = {e["name"]: e for e in container["env"]}
+    job_name = env["SMARTEDIT_JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert job_name == "metadata.labels['batch.kubernetes.io/job-name']"
+    endpoint = env["SMARTEDIT_RDZV_ENDPOINT"]["value"]
+    assert endpoint == f"$(SMARTEDIT_JOB_NAME)-0.{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    # Kubernetes expands $(VAR) only from variables defined before it
+    names = [e["name"] for e in container["env"]]
+    assert names.index("SMARTEDIT_JOB_NAME") < names.index("SMARTEDIT_RDZV_ENDPOINT")
+
+    single = asyncio.run(_render("kubernetes", _deployments(monkeypatch)["convert-edit"]["work_pool"]["job_variables"]))
+    assert (single.job_manifest["spec"]["completions"], single.job_manifest["spec"]["parallelism"]) == (1, 1)
