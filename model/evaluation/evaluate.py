@@ -54,8 +54,9 @@ def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
             raise ValueError(f"{model_dir}: expected py:package.module:attribute")
         return getattr(importlib.import_module(module_name), attr)
     from model.pipelines import load_pipeline
+    from pipeline.remote_dirs import local_copy
 
-    model_dir = Path(model_dir)
+    model_dir = local_copy(model_dir)  # a pipeline URL on a bucket: its downloaded copy
     if not model_dir.is_dir():
         raise FileNotFoundError(
             f"{model_dir}: pipeline directory not found (or a built-in baseline: {', '.join(BASELINES)})"
