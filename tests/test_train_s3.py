@@ -112,3 +112,32 @@ def test_pipeline_is_loaded_from_its_url_through_the_cache(s3, stage2_manifests,
     fs.rm(f"{BUCKET}/runs/pipe/pipeline/_COMPLETE")  # as if its upload had been cut off: refused, by name
     with pytest.raises(FileNotFoundError, match=f"{url}/pipeline: no _COMPLETE marker"):
         load_pipeline(result.pipeline_dir)
+
+
+def test_scheduled_retrain_keeps_candidates_and_registry_on_the_bucket(s3, prefect_harness, samples_seed0, tmp_path,
+                                                                       monkeypatch):
+    """The retrain chain with ``runs`` and ``registry`` on the bucket: the candidate trains into it, the gate loads
+    its pipeline from the URL, and the registry is an object there."""
+    from flows.demo import sample_sources
+    from flows.retrain import retrain
+    from pipeline.remote_dirs import cache_dir
+
+    fs, _ = s3
+    monkeypatch.setenv("SMARTEDIT_CACHE", str(tmp_path / "cache"))
+    runs, registry = f"s3://{BUCKET}/retrain/runs", f"s3://{BUCKET}/retrain/champion.json"
+    benchmark = str(samples_seed0.root / "reason_edit")
+    first = retrain(sources={"edit": sample_sources(samples_seed0.root)["edit"][1:]}, shards=str(tmp_path / "shards"),
+                    runs=runs, registry=registry, benchmark=benchmark, preset="tiny", steps=2, num_inference_steps=2,
+                    allow_fidelity_only=True)
+    assert first["promoted"] is True
+    candidate = first["candidate"]
+    assert candidate["pipeline"].startswith(f"{runs}/candidate-") and candidate["pipeline"].endswith("/train/pipeline")
+    assert candidate["checkpoint"].startswith(f"{runs}/candidate-")
+    assert fs.exists(candidate["pipeline"].removeprefix("s3://") + "/_COMPLETE")
+    assert fs.exists(candidate["checkpoint"].removeprefix("s3://") + "/_COMPLETE")
+    stored = json.loads(fs.cat_file(registry.removeprefix("s3://")))
+    assert stored["champion"]["pipeline"] == candidate["pipeline"] and len(stored["history"]) == 1
+
+    # the gate evaluated the candidate from its URL: a downloaded copy in the cache
+    copy = cache_dir(candidate["pipeline"], "downloads")
+    assert (copy / "_COMPLETE").exists() and (copy / "model_index.json").exists()

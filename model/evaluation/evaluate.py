@@ -78,6 +78,11 @@ def model_fingerprint(editor: Editor | Path | str) -> str:
             return f"baseline:{name}"
         if str(editor).startswith(IMPORT_PREFIX):
             return str(editor)
+        from pipeline.remote_dirs import local_copy
+        from pipeline.storage import is_url
+
+        if is_url(editor):  # a pipeline URL: the URL, with the fingerprint of its downloaded copy
+            return f"{editor}@{fingerprint(local_copy(editor)).rsplit('@', 1)[-1]}"
         return fingerprint(Path(editor).resolve()) or str(editor)
     return f"callable:{getattr(editor, '__name__', type(editor).__name__)}"
 
