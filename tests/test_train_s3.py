@@ -108,6 +108,20 @@ def test_pipeline_is_loaded_from_its_url_through_the_cache(s3, stage2_manifests,
     assert type(pipe).__name__ == "SmartEditPipeline"
     copy = cache_dir(result.pipeline_dir, "downloads")
     assert (copy / "model_index.json").exists() and (copy / "_COMPLETE").exists()
+    (copy / "sentinel").write_text("kept while the bucket's copy is unchanged")
+    load_pipeline(result.pipeline_dir)
+    assert (copy / "sentinel").exists()  # the cached copy was reused
+    fs.pipe(f"{BUCKET}/runs/pipe/pipeline/_COMPLETE", b'{"uploaded": "again"}')  # as a re-upload leaves it
+    load_pipeline(result.pipeline_dir)
+    assert not (copy / "sentinel").exists()  # downloaded afresh
+
+    # a checkpoint URL initialises another run (the retrain flow's champion → candidate)
+    init = load_trainable(result.checkpoint)
+    again = train_stage2(get_train_preset(2, "tiny", manifests=stage2_manifests, output_dir=str(tmp_path / "again"),
+                                          steps=1, checkpoint_every=1, allow_missing_sources=True, save_pipeline=False,
+                                          init_from=result.checkpoint, lr=1e-12))
+    after = load_trainable(again.checkpoint)
+    assert all(torch.allclose(after[k], v, atol=1e-6) for k, v in init.items())
 
     fs.rm(f"{BUCKET}/runs/pipe/pipeline/_COMPLETE")  # as if its upload had been cut off: refused, by name
     with pytest.raises(FileNotFoundError, match=f"{url}/pipeline: no _COMPLETE marker"):
