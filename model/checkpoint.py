@@ -86,6 +86,7 @@ def _remote_checkpoints(run_url: str) -> list[str]:
 
     root = as_path(join(run_url, CHECKPOINTS))
     fs = root.fs
+    fs.invalidate_cache(root.path)  # listings are cached per process; another machine may have uploaded since
     if not fs.exists(root.path):
         return []
     found = []
@@ -174,6 +175,8 @@ def save_checkpoint(
         (tmp / "rng").mkdir(parents=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
+    # every rank: a node without a shared disk (a run on a bucket stages per node) has its own tmp
+    (tmp / "rng").mkdir(parents=True, exist_ok=True)
 
     torch.save(capture_rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
     if _is_sharded(accelerator):

@@ -277,9 +277,20 @@ class Recipe:
         uploads beyond ``keep_last``. The other ranks go on training meanwhile."""
         from model.checkpoint import checkpoint_url, list_checkpoints
         from pipeline.remote_dirs import remove_dir, upload_dir
+        from pipeline.storage import as_path
 
         url = checkpoint_url(self.output, self.step)
-        if self.accelerator.is_main_process:
+        accelerator = self.accelerator
+        if accelerator.num_processes > 1:
+            # Nodes without a shared disk: the first process of every other node uploads what its ranks wrote
+            # (their RNG states; sharded optimizer state) from its own staging copy, before rank 0's marker.
+            local = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+            if accelerator.is_local_main_process and not accelerator.is_main_process and local.is_dir():
+                target = as_path(url)
+                target.fs.put(str(local) + "/", target.path + "/", recursive=True)
+                shutil.rmtree(local, ignore_errors=True)
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             upload_dir(self.checkpoint, url)
             if self.cfg.keep_last:
                 for old in list_checkpoints(self.output)[:-self.cfg.keep_last]:
@@ -312,8 +323,8 @@ class Recipe:
         if self.remote:
             pipeline_dir, tb_dir = self._upload_outputs(pipeline_dir)
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k not in ("step", "step_seconds")}
-        return RunResult(self.output, self.stage, self.step, self.start_step, final, self.history,
-                         self.checkpoint_ref, pipeline_dir, tb_dir)
+        return RunResult(self.output if self.remote else str(self.run_dir), self.stage, self.step, self.start_step,
+                         final, self.history, self.checkpoint_ref, pipeline_dir, tb_dir)
 
     def _upload_outputs(self, pipeline_dir: str | None) -> tuple[str | None, str]:
         """Rank 0: the pipeline folder (files, then its marker) and the TensorBoard logs to the bucket; returns

@@ -61,6 +61,7 @@ def _fs_path(url: str):
 def is_complete(url: str) -> bool:
     """True when the directory at ``url`` holds its completion marker."""
     fs, path = _fs_path(url)
+    fs.invalidate_cache(path.rstrip("/"))  # another machine may have uploaded since this process listed it
     return fs.exists(f"{path.rstrip('/')}/{MARKER}")
 
 

@@ -155,3 +155,21 @@ def test_scheduled_retrain_keeps_candidates_and_registry_on_the_bucket(s3, prefe
     # the gate evaluated the candidate from its URL: a downloaded copy in the cache
     copy = cache_dir(candidate["pipeline"], "downloads")
     assert (copy / "_COMPLETE").exists() and (copy / "model_index.json").exists()
+
+
+def test_two_ranks_upload_once_with_every_ranks_rng_state(s3, stage2_manifests, tmp_path, monkeypatch):
+    """`torchrun --nproc_per_node 2` (DDP over gloo) into the bucket: rank 0 uploads after the barrier, the
+    checkpoint holds both ranks' RNG states and its marker."""
+    from test_train_multiprocess import _launch
+
+    fs, _ = s3
+    monkeypatch.setenv("SMARTEDIT_CACHE", str(tmp_path / "cache"))  # the launched ranks inherit it and AWS_*
+    url = f"s3://{BUCKET}/runs/ddp"
+    config = tmp_path / "ddp.yaml"
+    get_train_preset(2, "tiny", output_dir=url, manifests=stage2_manifests, allow_missing_sources=True, steps=2,
+                     checkpoint_every=2, save_pipeline=False).save_yaml(config)
+    _launch(config, tmp_path / "ddp.log")
+    names = _names(fs, "runs/ddp")
+    ckpt = "checkpoints/step-00000002"
+    assert {f"{ckpt}/rng/rank-00000.pt", f"{ckpt}/rng/rank-00001.pt", f"{ckpt}/_COMPLETE"} <= names
+    assert json.loads(fs.cat_file(f"{BUCKET}/runs/ddp/{ckpt}/state.json"))["run"]["num_processes"] == 2
