@@ -69,7 +69,9 @@ def source_is_current(params: SourceParams, shards: Path) -> bool:
 
 
 def manifest_hashes(paths: list[str]) -> dict[str, str]:
-    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    from pipeline.storage import as_path
+
+    return {p: hashlib.sha256(as_path(p).read_bytes()).hexdigest() for p in paths}
 
 
 @flow(name="retrain", log_prints=False)
@@ -102,8 +104,10 @@ def retrain(
         sources: Convert group ("segmentation", "vqa", "edit") → sources, as the convert-* flows take them.
             Groups left out are skipped (logged and listed in the run's artifact).
         shards: Output root of the conversions and the synthetic build; training reads its training splits.
-        runs: Where candidates are trained and evaluated (runs/candidate-<run id>).
-        registry: The champion registry JSON (created on the first run).
+        runs: Where candidates are trained and evaluated (runs/candidate-<run id>); a bucket URL
+            (s3://bucket/runs) keeps checkpoints and pipelines there (evaluation reports stay in the local staging
+            dir, $SMARTEDIT_CACHE/runs/candidate-<run id>-<hash>).
+        registry: The champion registry JSON (created on the first run); local or on a bucket (s3://.../champion.json).
         benchmark: A Reason-Edit directory (evaluation only; never trained on).
         synthetic: The build-synthetic step: input and build config. None skips it (logged, in the artifact).
         profile: A profile in data_specs/profiles (demo, production) or a YAML path: defaults for every
@@ -175,9 +179,14 @@ def retrain(
         stages.append({"stage": name, "status": status, "detail": detail})
         (logger.warning if status == "skipped" else logger.info)("retrain: %s %s: %s", name, status, detail)
 
-    shards_dir = Path(shards)
+    from pipeline.remote_dirs import cache_dir, join
+    from pipeline.storage import as_path, is_url
+
+    shards_dir = as_path(shards)
     run_id = str(flow_run.id or "local")[:8]
-    candidate_dir = Path(runs) / f"candidate-{run_id}"
+    candidate_dir = join(runs, f"candidate-{run_id}")  # a local path or a URL
+    # evaluation writes reports locally: a candidate on a bucket is evaluated in its staging dir
+    eval_dir = str(cache_dir(candidate_dir, "runs")) if is_url(candidate_dir) else candidate_dir
 
     # 1. conversions, skipped for sources whose inputs did not change
     convert = {"segmentation": convert_segmentation, "vqa": convert_vqa, "edit": convert_edit}
@@ -235,7 +244,7 @@ def retrain(
     model_name, _ = split_model(model)
     # A champion of the other model cannot initialise this one (different trainable sets): train from scratch then.
     same_model = champion is not None and champion.get("model", "smartedit") == model_name
-    summary = train(preset=preset, stage=2, manifests=manifests, output_dir=str(candidate_dir / "train"), steps=steps,
+    summary = train(preset=preset, stage=2, manifests=manifests, output_dir=join(candidate_dir, "train"), steps=steps,
                     resume=None, init_from=champion.get("checkpoint") if same_model else None,
                     allow_missing_sources=True, model=model, overrides=training_overrides)
 
@@ -244,7 +253,7 @@ def retrain(
 
     # 4-5. the promotion gate
     result = promotion_gate(
-        candidate=summary["pipeline_dir"], registry=registry, benchmark=benchmark, out_dir=str(candidate_dir),
+        candidate=summary["pipeline_dir"], registry=registry, benchmark=benchmark, out_dir=eval_dir,
         seeds=seeds, clip_dir=clip_dir, lpips_dir=lpips_dir, dino_dir=dino_dir, vlm_dir=vlm_dir, device=device,
         num_inference_steps=num_inference_steps, allow_fidelity_only=allow_fidelity_only, gate=gate,
         extra={"model": model_name, "checkpoint": summary["checkpoint"], "manifests": manifest_hashes(manifests)},
@@ -355,12 +364,14 @@ def promotion_gate(
 
 
 def _evaluable(model: str | None) -> bool:
-    """A baseline name, an import path or an existing pipeline directory."""
+    """A baseline name, an import path, an existing pipeline directory or a complete pipeline URL on a bucket."""
     from model.evaluation.baselines import baseline_name
     from model.evaluation.evaluate import IMPORT_PREFIX
+    from pipeline.remote_dirs import is_complete
+    from pipeline.storage import is_url
 
     return model is not None and (baseline_name(model) is not None or model.startswith(IMPORT_PREFIX)
-                                  or Path(model).is_dir())
+                                  or (is_complete(model) if is_url(model) else Path(model).is_dir()))
 
 
 def _means(result: dict[str, Any]) -> dict[str, float | None]:

@@ -158,7 +158,7 @@ def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnode
     from model.train_config import TrainConfig
 
     cfg = TrainConfig.from_dict({**config, "stage": stage})
-    run_dir = Path(cfg.output_dir)
+    run_dir = local_run_dir(cfg.output_dir)  # launch files of a run on a bucket live in its staging dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # per node: on a shared output dir every node writes its own launch config
     config_path = run_dir / f"launch-stage{stage}-node{node_rank}.yaml"
@@ -177,6 +177,23 @@ def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnode
     if not result_path.exists():  # nodes other than 0 train as well but report nothing
         return {"run_dir": str(run_dir), "stage": stage, "node_rank": node_rank}
     return _summary(RunResultView(json.loads(result_path.read_text())))
+
+
+def local_run_dir(output_dir: str) -> Path:
+    """The local directory a run writes into: ``output_dir`` itself, or for a bucket URL its staging directory
+    (pipeline/remote_dirs.py; the recipe uploads from there)."""
+    from pipeline.remote_dirs import cache_dir
+    from pipeline.storage import is_url
+
+    return cache_dir(output_dir, "runs") if is_url(output_dir) else Path(output_dir)
+
+
+def _checkpoint_exists(path: str) -> bool:
+    """A local checkpoint dir, or a checkpoint URL whose upload finished (its ``_COMPLETE`` marker is there)."""
+    from pipeline.remote_dirs import is_complete
+    from pipeline.storage import is_url
+
+    return is_complete(path) if is_url(path) else Path(path).exists()
 
 
 class RunResultView:
@@ -330,8 +347,9 @@ def train(
         cfg = dataclasses.replace(cfg, manifests=used)
     for name, path in (("init_from", cfg.init_from if stage == 2 else None),
                        ("resume", cfg.resume if cfg.resume not in (None, "", "latest") else None)):
-        if path and not Path(path).exists():  # a missing checkpoint is bad input, not an I/O error to retry
-            raise FileNotFoundError(f"train: parameter {name!r} is {path}, which does not exist; pass an existing checkpoint dir")
+        if path and not _checkpoint_exists(path):  # a missing checkpoint is bad input, not an I/O error to retry
+            raise FileNotFoundError(f"train: parameter {name!r} is {path}, which does not exist (on a bucket: has no "
+                                    "_COMPLETE marker); pass an existing checkpoint dir")
     # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
     node_rank = _launch_env("SMARTEDIT_NODE_RANK", node_rank, 0)

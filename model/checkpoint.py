@@ -10,6 +10,12 @@ Layout of ``<run_dir>/checkpoints/step-00000100/``::
 
 The directory is written under ``step-...tmp`` and renamed when complete, so a crash never leaves a
 checkpoint that looks finished; `latest_checkpoint` ignores ``.tmp`` directories.
+
+A run whose output dir is a bucket URL (``s3://bucket/runs/x``) trains into a local staging directory
+(``$SMARTEDIT_CACHE/runs/x-<hash>``, pipeline/remote_dirs.py) and uploads each finished checkpoint to
+``<url>/checkpoints/step-.../`` with a ``_COMPLETE`` marker written last (a bucket has no directory rename):
+`list_checkpoints` / `latest_checkpoint` / `resolve_resume` on a URL return the URLs of the checkpoints that have
+their marker, and `load_trainable` downloads a checkpoint URL into the cache first.
 Everything loads with ``torch.load(weights_only=True)``: no arbitrary pickles.
 """
 
@@ -67,8 +73,38 @@ def checkpoint_dir(run_dir: Path | str, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
 
 
-def list_checkpoints(run_dir: Path | str) -> list[Path]:
-    """Finished checkpoints of a run, oldest first."""
+def checkpoint_url(run_url: str, step: int) -> str:
+    from pipeline.remote_dirs import join
+
+    return join(run_url, CHECKPOINTS, f"step-{step:08d}")
+
+
+def _remote_checkpoints(run_url: str) -> list[str]:
+    """URLs of the uploaded checkpoints of a run on a bucket that hold their completion marker, oldest first."""
+    from pipeline.remote_dirs import MARKER, join
+    from pipeline.storage import as_path
+
+    root = as_path(join(run_url, CHECKPOINTS))
+    fs = root.fs
+    fs.invalidate_cache(root.path)  # listings are cached per process; another machine may have uploaded since
+    if not fs.exists(root.path):
+        return []
+    found = []
+    for entry in fs.ls(root.path, detail=False, refresh=True):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if (m := _STEP_DIR.match(name)) and fs.exists(f"{entry.rstrip('/')}/{MARKER}"):
+            found.append((int(m.group(1)), join(run_url, CHECKPOINTS, name)))
+        elif m:
+            log.warning("%s: checkpoint upload not finished (no marker); ignored", join(run_url, CHECKPOINTS, name))
+    return [url for _, url in sorted(found)]
+
+
+def list_checkpoints(run_dir: Path | str) -> list[Path] | list[str]:
+    """Finished checkpoints of a run, oldest first (URLs of the complete uploads for a run on a bucket)."""
+    from pipeline.storage import is_url
+
+    if is_url(run_dir):
+        return _remote_checkpoints(str(run_dir))
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -76,17 +112,26 @@ def list_checkpoints(run_dir: Path | str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
+def latest_checkpoint(run_dir: Path | str) -> Path | str | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
 
-def resolve_resume(resume: str | None, run_dir: Path | str) -> Path | None:
-    """``None``/"" → no resume; "latest" → newest checkpoint of ``run_dir`` (None if there is none); else a path."""
+def resolve_resume(resume: str | None, run_dir: Path | str) -> Path | str | None:
+    """``None``/"" → no resume; "latest" → newest checkpoint of ``run_dir`` (None if there is none); else a path.
+    On a bucket (a URL run_dir or resume) the checkpoint's URL, complete (marker present)."""
+    from pipeline.remote_dirs import MARKER, is_complete
+    from pipeline.storage import is_url
+
     if not resume:
         return None
     if resume == "latest":
         return latest_checkpoint(run_dir)
+    if is_url(resume):
+        if not is_complete(resume):
+            raise FileNotFoundError(f"resume={resume!r}: no {MARKER} marker there (missing, or its upload did not "
+                                    "finish); pass a complete step-... checkpoint URL, 'latest' or nothing")
+        return resume
     path = Path(resume)
     if not (path / STATE).exists():
         raise FileNotFoundError(f"resume={resume!r}: {path / STATE} not found; pass a step-... directory, 'latest' or nothing")
@@ -130,6 +175,8 @@ def save_checkpoint(
         (tmp / "rng").mkdir(parents=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
+    # every rank: a node without a shared disk (a run on a bucket stages per node) has its own tmp
+    (tmp / "rng").mkdir(parents=True, exist_ok=True)
 
     torch.save(capture_rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
     if _is_sharded(accelerator):
@@ -164,7 +211,9 @@ def load_trainable(path: Path | str) -> dict[str, Any]:
     """The trainable tensors of a checkpoint dir (or a .safetensors file)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
+    from pipeline.remote_dirs import local_copy
+
+    path = local_copy(path)  # a checkpoint URL (the retrain champion's) is downloaded into the cache first
     file = path / WEIGHTS if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"{file}: no trainable weights; is {path} a checkpoint written by model/checkpoint.py?")

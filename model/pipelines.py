@@ -24,8 +24,14 @@ def pipeline_class_name(directory: str | Path) -> str:
 
 
 def load_pipeline(directory: str | Path, device: str = "cpu", dtype=None):
-    """``<Class>.from_pretrained(directory, device, dtype)`` for the class recorded in the folder."""
+    """``<Class>.from_pretrained(directory, device, dtype)`` for the class recorded in the folder. A pipeline URL
+    on a bucket (``s3://bucket/runs/x/pipeline``, uploaded with its ``_COMPLETE`` marker) is downloaded into
+    ``$SMARTEDIT_CACHE/downloads`` first (pipeline/remote_dirs.py)."""
     import importlib
+
+    from pipeline.remote_dirs import local_copy
+
+    directory = local_copy(directory)
 
     module, cls = PIPELINE_CLASSES[pipeline_class_name(directory)]
     return getattr(importlib.import_module(module), cls).from_pretrained(directory, device=device, dtype=dtype)

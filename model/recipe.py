@@ -19,6 +19,10 @@ The seams a stage fills in (class attributes and methods of `Recipe`), so the di
 Resume is exact (model/checkpoint.py); it refuses a run whose config differs from the checkpoint's in a field
 that shapes the model, the data stream or the optimizer (``RESUME_FIELDS``), naming every differing field.
 Sharded training (DeepSpeed ZeRO-2, FSDP2) goes through accelerate: see ``_prepare`` and model/accelerate/.
+An ``output_dir`` on a bucket (``s3://bucket/runs/x``): the run trains into a local staging directory
+(pipeline/remote_dirs.py: ``$SMARTEDIT_CACHE/runs/x-<hash>``); after each checkpoint is complete locally, rank 0
+uploads it to ``<url>/checkpoints/step-N/`` with its ``_COMPLETE`` marker last, and at the end the pipeline folder
+(same rule) and the TensorBoard logs. Resume from the URL downloads its newest complete checkpoint into staging.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -80,11 +85,18 @@ class Recipe:
             raise ValueError(f"{type(self).__name__} is the stage-{self.stage} recipe; got a stage-{cfg.stage} config")
         if not cfg.manifests:
             raise ValueError("TrainConfig.manifests is empty: pass the shardindex.json of the datasets to train on")
+        from pipeline.remote_dirs import cache_dir
+        from pipeline.storage import is_url
+
         self.cfg = cfg
-        self.run_dir = Path(cfg.output_dir)
+        #: where the run's outputs end up: a local directory or a bucket URL (then run_dir is its local staging)
+        self.output = str(cfg.output_dir)
+        self.remote = is_url(self.output)
+        self.run_dir = cache_dir(self.output, "runs") if self.remote else Path(cfg.output_dir)
         self.tb_dir = self.run_dir / "tensorboard"
         self.history: list[dict[str, float]] = []
         self.checkpoint: Path | None = None
+        self.checkpoint_ref: str | None = None  # what the result reports: the local path or the checkpoint's URL
 
     # -- seams ----------------------------------------------------------------------------------------------
     def init_weights(self, model) -> None:
@@ -135,8 +147,15 @@ class Recipe:
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save_yaml(self.run_dir / "config.yaml")
+            if self.remote:
+                from pipeline.remote_dirs import join
+                from pipeline.storage import as_path
 
-        self.resume_dir = resume_dir = resolve_resume(cfg.resume, self.run_dir)
+                target = as_path(join(self.output, "config.yaml"))
+                target.fs.put_file(str(self.run_dir / "config.yaml"), target.path)
+
+        resume_ref = resolve_resume(cfg.resume, self.output if self.remote else self.run_dir)
+        self.resume_dir = resume_dir = self._stage_resume(resume_ref) if resume_ref is not None else None
         if resume_dir is not None:  # before building: a mismatch should not cost a 7B model load
             check_resume(read_state(resume_dir), cfg, accelerator.num_processes, resume_dir)
         # Every rank builds the same model (initialisation is keyed on the model config's seed) ...
@@ -162,7 +181,7 @@ class Recipe:
             state = load_checkpoint(resume_dir, optimizer=self.optimizer, scheduler=self.scheduler,
                                     accelerator=accelerator)
             self.step, self.next_draw = int(state["step"]), int(state["next_draw"])
-            self.checkpoint = resume_dir
+            self.checkpoint, self.checkpoint_ref = resume_dir, str(resume_ref)
             log.info("resumed from %s at step %d (draw %d)", resume_dir, self.step, self.next_draw)
         self.start_step = self.step
 
@@ -173,6 +192,22 @@ class Recipe:
         self.loader = make_dataloader(self.dataset, batch_size=cfg.micro_batch_size, start=self.next_draw,
                                       num_workers=cfg.num_workers, collate_fn=self.processor.collate)
         accelerator.init_trackers(f"stage{self.stage}", config=cfg.hparams())
+
+    def _stage_resume(self, ref: Path | str) -> Path:
+        """The local directory to resume from: ``ref`` itself, or a checkpoint URL downloaded into the staging
+        run dir (once per node: the node's first process downloads, the others wait for it)."""
+        from pipeline.remote_dirs import download_dir
+        from pipeline.storage import is_url
+
+        if not is_url(ref):
+            return Path(ref)
+        local = self.run_dir / "checkpoints" / str(ref).rstrip("/").rsplit("/", 1)[-1]
+        with self.accelerator.local_main_process_first():
+            if self.accelerator.is_local_main_process:
+                # staging is scratch: a checkpoint left there by a killed run may never have been uploaded
+                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+                download_dir(str(ref), local)
+        return local
 
     def _load_weights(self, model, weights: dict[str, Any], path: Path) -> None:
         """Resume: exactly the keys this stage's checkpoints hold, no more, no fewer."""
@@ -233,6 +268,34 @@ class Recipe:
             self.run_dir, self.step, trainable=self.checkpoint_weights(self._full_model()), optimizer=self.optimizer,
             scheduler=self.scheduler, state=state, accelerator=self.accelerator, keep_last=self.cfg.keep_last,
         )
+        self.checkpoint_ref = str(self.checkpoint)
+        if self.remote:
+            self.checkpoint_ref = self._upload_checkpoint()
+
+    def _upload_checkpoint(self) -> str:
+        """Rank 0, after save_checkpoint's last barrier: upload the finished checkpoint (marker last) and drop
+        uploads beyond ``keep_last``. The other ranks go on training meanwhile."""
+        from model.checkpoint import checkpoint_url, list_checkpoints
+        from pipeline.remote_dirs import remove_dir, upload_dir
+        from pipeline.storage import as_path
+
+        url = checkpoint_url(self.output, self.step)
+        accelerator = self.accelerator
+        if accelerator.num_processes > 1:
+            # Nodes without a shared disk: the first process of every other node uploads what its ranks wrote
+            # (their RNG states; sharded optimizer state) from its own staging copy, before rank 0's marker.
+            local = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+            if accelerator.is_local_main_process and not accelerator.is_main_process and local.is_dir():
+                target = as_path(url)
+                target.fs.put(str(local) + "/", target.path + "/", recursive=True)
+                shutil.rmtree(local, ignore_errors=True)
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            upload_dir(self.checkpoint, url)
+            if self.cfg.keep_last:
+                for old in list_checkpoints(self.output)[:-self.cfg.keep_last]:
+                    remove_dir(old)
+        return url
 
     def _full_model(self):
         """The unwrapped model with whole (unsharded) tensors: FSDP2 holds shards, so gather a full state dict
@@ -256,9 +319,28 @@ class Recipe:
             pipeline_dir = str(self.write_pipeline(accelerator.unwrap_model(self.model), self.run_dir / "pipeline"))
         accelerator.wait_for_everyone()
         accelerator.end_training()
+        tb_dir = str(self.tb_dir)
+        if self.remote:
+            pipeline_dir, tb_dir = self._upload_outputs(pipeline_dir)
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k not in ("step", "step_seconds")}
-        return RunResult(str(self.run_dir), self.stage, self.step, self.start_step, final, self.history,
-                         str(self.checkpoint) if self.checkpoint else None, pipeline_dir, str(self.tb_dir))
+        return RunResult(self.output if self.remote else str(self.run_dir), self.stage, self.step, self.start_step,
+                         final, self.history, self.checkpoint_ref, pipeline_dir, tb_dir)
+
+    def _upload_outputs(self, pipeline_dir: str | None) -> tuple[str | None, str]:
+        """Rank 0: the pipeline folder (files, then its marker) and the TensorBoard logs to the bucket; returns
+        their URLs."""
+        from pipeline.remote_dirs import join, upload_dir
+        from pipeline.storage import as_path
+
+        pipeline_url = join(self.output, "pipeline") if pipeline_dir else None
+        tb_url = join(self.output, "tensorboard")
+        if self.accelerator.is_main_process:
+            if pipeline_dir:
+                upload_dir(pipeline_dir, pipeline_url)
+            if self.tb_dir.is_dir():
+                target = as_path(tb_url)
+                target.fs.put(str(self.tb_dir) + "/", target.path + "/", recursive=True)
+        return pipeline_url, tb_url
 
     def run(self) -> RunResult:
         self.setup()

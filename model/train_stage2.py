@@ -99,16 +99,17 @@ def train_without_bim_first(cfg: TrainConfig) -> RunResult:
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"resume={cfg.resume!r}: with no_bim_steps each phase resumes from its own directory; "
                          f"use resume: latest (or null to start over)")
-    run_dir = Path(cfg.output_dir)
+    from pipeline.remote_dirs import join  # output_dir may be a bucket URL
+
     bim = dataclasses.asdict(cfg.model_config().bim)
     phase1 = dataclasses.replace(
-        cfg, steps=cfg.no_bim_steps, no_bim_steps=0, output_dir=str(run_dir / NO_BIM_PHASE), save_pipeline=False,
+        cfg, steps=cfg.no_bim_steps, no_bim_steps=0, output_dir=join(cfg.output_dir, NO_BIM_PHASE), save_pipeline=False,
         model={**cfg.model, "bim": {**bim, "variant": "plain"}},
     )
     log.info("stage 2, phase 1 of 2: %d steps without BIM → %s", phase1.steps, phase1.output_dir)
     first = Stage2Recipe(phase1).run()
     phase2 = dataclasses.replace(cfg, steps=cfg.steps - cfg.no_bim_steps, no_bim_steps=0, init_from=first.checkpoint,
-                                 output_dir=str(run_dir / BIM_PHASE))
+                                 output_dir=join(cfg.output_dir, BIM_PHASE))
     log.info("stage 2, phase 2 of 2: %d steps with BIM (%s) → %s", phase2.steps, bim["variant"], phase2.output_dir)
     return Stage2Recipe(phase2).run()
 

@@ -54,8 +54,9 @@ def load_editor(model_dir: Path | str, device: str = "cpu") -> Editor:
             raise ValueError(f"{model_dir}: expected py:package.module:attribute")
         return getattr(importlib.import_module(module_name), attr)
     from model.pipelines import load_pipeline
+    from pipeline.remote_dirs import local_copy
 
-    model_dir = Path(model_dir)
+    model_dir = local_copy(model_dir)  # a pipeline URL on a bucket: its downloaded copy
     if not model_dir.is_dir():
         raise FileNotFoundError(
             f"{model_dir}: pipeline directory not found (or a built-in baseline: {', '.join(BASELINES)})"
@@ -77,6 +78,11 @@ def model_fingerprint(editor: Editor | Path | str) -> str:
             return f"baseline:{name}"
         if str(editor).startswith(IMPORT_PREFIX):
             return str(editor)
+        from pipeline.remote_dirs import local_copy
+        from pipeline.storage import is_url
+
+        if is_url(editor):  # a pipeline URL: the URL, with the fingerprint of its downloaded copy
+            return f"{editor}@{fingerprint(local_copy(editor)).rsplit('@', 1)[-1]}"
         return fingerprint(Path(editor).resolve()) or str(editor)
     return f"callable:{getattr(editor, '__name__', type(editor).__name__)}"
 
