@@ -283,7 +283,11 @@ class Recipe:
         accelerator = self.accelerator
         if accelerator.num_processes > 1:
             # Nodes without a shared disk: the first process of every other node uploads what its ranks wrote
-            # (their RNG states; sharded optimizer state) from its own staging copy, before rank 0's marker.
+            # (their RNG states; sharded optimizer state) from its own staging copy, before rank 0's marker;
+            # rank 0 first removes an earlier upload of this step, so no old file outlives the new marker.
+            if accelerator.is_main_process:
+                remove_dir(url)
+            accelerator.wait_for_everyone()
             local = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
             if accelerator.is_local_main_process and not accelerator.is_main_process and local.is_dir():
                 target = as_path(url)
@@ -291,7 +295,7 @@ class Recipe:
                 shutil.rmtree(local, ignore_errors=True)
             accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            upload_dir(self.checkpoint, url)
+            upload_dir(self.checkpoint, url, replace=accelerator.num_processes == 1)
             if self.cfg.keep_last:
                 for old in list_checkpoints(self.output)[:-self.cfg.keep_last]:
                     remove_dir(old)

@@ -157,6 +157,9 @@ class ChampionRegistry:
             try:
                 fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
                 return data
+            except FileNotFoundError as err:  # NoSuchBucket: s3fs's message names neither the URL nor the fix
+                raise FileNotFoundError(f"{self.url}: cannot write the registry ({err}); create the bucket or fix "
+                                        "the registry URL") from err
             except OSError as err:
                 if not _lost_race(err):
                     raise

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -65,18 +66,25 @@ def is_complete(url: str) -> bool:
     return fs.exists(f"{path.rstrip('/')}/{MARKER}")
 
 
-def upload_dir(local: Path | str, url: str) -> str:
-    """Upload the finished local directory to ``url``: the marker is removed first (a directory being replaced
-    is incomplete meanwhile), then every file, then the marker. Returns ``url``."""
+def upload_dir(local: Path | str, url: str, *, replace: bool = True) -> str:
+    """Upload the finished local directory to ``url``: whatever was there is removed first, marker first (a
+    directory being replaced is incomplete meanwhile, and keeps no file of the old one), then every file, then
+    the marker. ``replace=False`` keeps files other processes uploaded into ``url`` (the caller removed the old
+    directory before they did). Returns ``url``."""
     fs, path = _fs_path(url)
     path = path.rstrip("/")
     marker = f"{path}/{MARKER}"
-    if fs.exists(marker):
+    if replace:
+        remove_dir(url)
+    elif fs.exists(marker):
         fs.rm(marker)
     # fsspec's recursive put copies the folder's contents into `path` (trailing slash: into, not below)
     fs.put(str(Path(local)) + "/", path + "/", recursive=True)
+    # the token makes every upload's marker unique: a cached copy compares markers, and two uploads within one
+    # second with the same file count must still differ
     fs.pipe(marker, json.dumps({"uploaded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "files": sum(1 for p in Path(local).rglob("*") if p.is_file())}).encode())
+                                "files": sum(1 for p in Path(local).rglob("*") if p.is_file()),
+                                "token": secrets.token_hex(8)}).encode())
     log.info("uploaded %s to %s", local, url)
     return url
 
@@ -115,16 +123,23 @@ def download_dir(url: str, local: Path | str) -> Path:
 
 def local_copy(location: str | Path) -> Path:
     """A local directory for ``location``: itself when local; for a URL, its copy under ``downloads/``
-    (downloaded when missing, or when the bucket's marker differs from the copy's: the directory was re-uploaded)."""
+    (downloaded when missing, or when the bucket's marker differs from the copy's: the directory was re-uploaded).
+    Several processes asking at once (every rank of a node loading ``init_from``) download it once: the check and
+    the download hold an exclusive ``fcntl`` lock on ``<copy>.lock``."""
+    import fcntl
+
     if not is_url(location):
         return Path(location)
     url = str(location)
     local = cache_dir(url, "downloads")
+    local.parent.mkdir(parents=True, exist_ok=True)
     fs, path = _fs_path(url)
-    try:
-        remote_marker = fs.cat_file(f"{path.rstrip('/')}/{MARKER}")
-    except FileNotFoundError:
-        remote_marker = None  # download_dir names the URL
-    if remote_marker is None or not (local / MARKER).exists() or (local / MARKER).read_bytes() != remote_marker:
-        download_dir(url, local)
+    with open(local.with_name(local.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            remote_marker = fs.cat_file(f"{path.rstrip('/')}/{MARKER}")
+        except FileNotFoundError:
+            remote_marker = None  # download_dir names the URL
+        if remote_marker is None or not (local / MARKER).exists() or (local / MARKER).read_bytes() != remote_marker:
+            download_dir(url, local)
     return local

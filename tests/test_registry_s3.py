@@ -119,3 +119,9 @@ def test_exhausted_retries_and_corrupt_objects_name_the_url(s3, monkeypatch):
     fs.pipe(wrong.removeprefix("s3://"), b'[1, 2]')
     with pytest.raises(ValueError, match=f"^{wrong}: not a champion registry"):
         ChampionRegistry(wrong).load()
+
+
+def test_a_registry_in_a_missing_bucket_names_the_url(s3):
+    url = "s3://no-such-bucket-here/registry.json"
+    with pytest.raises(FileNotFoundError, match=f"^{url}: cannot write the registry .*create the bucket"):
+        ChampionRegistry(url).record({"pipeline": "x"}, {"promote": True})
