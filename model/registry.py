@@ -148,6 +148,8 @@ class ChampionRegistry:
         import random
         import time
 
+        from pipeline.storage import conditional_write_refused
+
         fs, bucket, key = self._s3()
         for attempt in range(ATTEMPTS):
             data, etag = self._load_remote()
@@ -161,7 +163,7 @@ class ChampionRegistry:
                 raise FileNotFoundError(f"{self.url}: cannot write the registry ({err}); create the bucket or fix "
                                         "the registry URL") from err
             except OSError as err:
-                if not _lost_race(err):
+                if not conditional_write_refused(err):
                     raise
                 log.info("%s: another writer changed the registry first; re-reading (attempt %d)", self.url, attempt + 2)
             time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # jitter: the racing writers spread out
@@ -221,12 +223,3 @@ def _read_body(fs, response: dict[str, Any]) -> bytes:
             return await stream.read()
 
     return sync(fs.loop, read)
-
-
-def _lost_race(err: OSError) -> bool:
-    """A conditional PUT refused because the object changed (412), or a concurrent conditional write (409)."""
-    cause = getattr(err, "__cause__", None)
-    response = getattr(cause, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or status in (409, 412)

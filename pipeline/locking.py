@@ -49,7 +49,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.storage import as_path, is_remote
+from pipeline.storage import as_path, conditional_write_refused, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,6 @@ def lock_ttl() -> float:
     return ttl
 
 
-def _precondition_failed(err: BaseException) -> bool:
-    """True when an s3fs error is the server's 412 (or 409, a concurrent conditional write) for a condition."""
-    cause = err.__cause__ if err.__cause__ is not None else err
-    response = getattr(cause, "response", None) or {}
-    code = (response.get("Error") or {}).get("Code", "")
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
-
-
 def _unsupported(err: BaseException) -> bool:
     """True when the server rejected a conditional header it does not implement."""
     response = getattr(err.__cause__, "response", None) or {}
@@ -120,8 +111,16 @@ class _LockObject:
         self.bucket, self.key, _ = self.fs.split_path(path.path)
 
     def create(self, body: bytes) -> str:
-        """Exclusive create; FileExistsError when the object exists. Returns the new ETag."""
-        return self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*")["ETag"]
+        """Exclusive create; FileExistsError when the object exists (s3fs maps 412 to it; a 409 or a 412 other
+        stores send without its Condition element come as OSError). Returns the new ETag."""
+        try:
+            return self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body, IfNoneMatch="*")["ETag"]
+        except FileExistsError:
+            raise
+        except OSError as err:
+            if conditional_write_refused(err):
+                raise FileExistsError(str(self.path)) from err
+            raise
 
     def overwrite(self, body: bytes, etag: str) -> str:
         """Overwrite only while the object's ETag is ``etag``; the new ETag."""
@@ -197,8 +196,8 @@ class Lease:
                 self.etag = obj.overwrite(json.dumps(self._body).encode(), self.etag)
                 self._renewed_at, wait = sent, self.ttl / 3
             except Exception as err:  # noqa: BLE001 - any failure: retry soon, until the lease is unsafe
-                if _precondition_failed(err) or isinstance(err, FileNotFoundError):
-                    self._lose("another run took it over after it expired" if _precondition_failed(err)
+                if conditional_write_refused(err) or isinstance(err, FileNotFoundError):
+                    self._lose("another run took it over after it expired" if conditional_write_refused(err)
                                else "its lock object was deleted")
                     return
                 log.warning("%s: renewing the lock lease failed (%s); retrying", self.lock_path, err)
@@ -328,7 +327,7 @@ class DatasetLock:
             except FileNotFoundError:
                 continue
             except OSError as err:
-                if not _precondition_failed(err):
+                if not conditional_write_refused(err):
                     raise
                 continue  # another contender took it over first: the next look names it
             log.warning("%s: took over the lock lease of %s, expired at %s (server time)",
@@ -352,7 +351,7 @@ class DatasetLock:
         except FileNotFoundError:
             pass
         except Exception as err:  # noqa: BLE001 - a release never hides the run's own outcome
-            if _precondition_failed(err):
+            if conditional_write_refused(err):
                 log.warning("%s: the lock lease was taken over before release; left to its new holder", self.path)
             else:
                 log.warning("%s: could not delete the lock lease (%s); it expires %g s after its last renewal",

@@ -73,3 +73,13 @@ def fsync_dir(path) -> None:
     finally:
         os.close(fd)
 
+
+
+def conditional_write_refused(err: BaseException) -> bool:
+    """True when an s3fs error is the server refusing a conditional write: 412 Precondition Failed (the object
+    changed, or exists for ``If-None-Match: *``) or 409 (a concurrent conditional write to the same key)."""
+    cause = err.__cause__ if err.__cause__ is not None else err
+    response = getattr(cause, "response", None) or {}
+    code = (response.get("Error") or {}).get("Code", "")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)

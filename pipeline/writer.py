@@ -213,6 +213,7 @@ def write_shard(
             log.info("shard %s is complete, skipping", path.name)
             return stats
         log.info("shard %s was built with other settings; rewriting it", path.name)
+        check_lease(path)  # removing another run's marker is publishing too
     marker.unlink(missing_ok=True)
     if not is_remote(path):
         path.parent.mkdir(parents=True, exist_ok=True)

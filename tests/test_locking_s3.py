@@ -75,11 +75,14 @@ import sys, time
 sys.path.insert(0, {repo!r})
 from pipeline.locking import DatasetLock, DatasetLockedError
 
+deadline = time.monotonic() + 120  # a broken takeover fails the test (no "took" line) instead of hanging it
 while True:  # another run, started while the lease is live: takes it over once it has expired
     try:
         lock = DatasetLock({url!r}).acquire()
         break
     except DatasetLockedError:
+        if time.monotonic() > deadline:
+            sys.exit("never took the lease over")
         time.sleep(0.3)
 print("took", lock.lease.token, flush=True)
 sys.stdin.readline()
