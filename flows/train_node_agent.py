@@ -72,7 +72,9 @@ def run_node(flow_run_id: UUID, node_rank: int) -> int:
             log.add(f"node {node_rank}: {exc}", logging.ERROR)
             log.flush()
             raise
-        log.add(f"launching node {node_rank} of {nnodes}: {' '.join(cmd)}")
+        launching = f"launching node {node_rank} of {nnodes}: {' '.join(cmd)}"
+        logger.info("%s", launching)
+        log.add(launching)
         tail: deque[str] = deque(maxlen=30)
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                               bufsize=1) as proc:
