@@ -140,7 +140,7 @@ def test_a_node_dying_before_it_joins_fails_the_agent_and_the_flow_run_within_th
     (broken / "sitecustomize.py").write_text(
         "import os, sys\nif os.environ.get('RANK') == '1':\n"
         "    sys.stderr.write('node 1 rank dies before joining\\n')\n    raise SystemExit(7)\n")
-    params = _params(tmp_path, tmp_path / "failing", dist_timeout_s=20)
+    params = _params(tmp_path, tmp_path / "failing", dist_timeout_s=10)
     flow_run, node0, node1 = _run_two_nodes(params, tmp_path, {"PYTHONPATH": f"{REPO}{os.pathsep}{broken}"})
     assert node1[0] != 0, node1[1][-3000:]  # the pod fails, and with backoffLimit 0 the Job
     assert flow_run.state.type.value == "FAILED", (flow_run.state, node0[1][-3000:])
@@ -148,4 +148,4 @@ def test_a_node_dying_before_it_joins_fails_the_agent_and_the_flow_run_within_th
     assert "node 1 rank dies before joining" in logs
     assert "train: torchrun on node 1 of 2 exited with status 1 (a rank failed)" in logs
     assert "train: torchrun on node 0 of 2 exited with status 1 (a rank failed)" in logs
-    assert "wait timeout after 20000ms" in logs  # node 0 gave up after dist_timeout_s, not torch's 30 min
+    assert "wait timeout after 10000ms" in logs  # node 0 gave up after dist_timeout_s, not torch's 30 min
