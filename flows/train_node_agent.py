@@ -61,7 +61,12 @@ def run_node(flow_run_id: UUID, node_rank: int) -> int:
     from flows.train import launch_topology, node_launch, resolve_run
 
     with get_client(sync_client=True) as client:
-        params = dict(client.read_flow_run(flow_run_id).parameters)
+        flow_run = client.read_flow_run(flow_run_id)
+        flow_name = client.read_flow(flow_run.flow_id).name
+        if flow_name != "train":
+            raise SystemExit(f"train_node_agent: flow run {flow_run_id} is a {flow_name!r} run; only `train` runs span "
+                             f"nodes: deploy it with the job variable nnodes=1")
+        params = dict(flow_run.parameters)
         log = FlowRunLog(client, flow_run_id, f"train.node{node_rank}")
         try:
             nnodes, _, rdzv_endpoint = launch_topology(params.get("nnodes"), node_rank, params.get("rdzv_endpoint"))
@@ -81,7 +86,7 @@ def run_node(flow_run_id: UUID, node_rank: int) -> int:
             for line in proc.stdout:
                 line = line.rstrip()
                 tail.append(line)
-                sys.stdout.write(line + "\n")  # the pod's own log too
+                logger.info("%s", line)  # the pod's own log too
                 log.add(line)
             status = proc.wait()
         if status != 0:
