@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two-node `train` flow run across a real network interface, on one Linux machine: two network namespaces
 # (smn0 = node 0 at 10.23.0.1, smn1 = node 1 at 10.23.0.2) joined by a veth pair; each runs one `train` flow
-# process (tests/train_node.py) with one gloo CPU rank,
-# nnodes=2 and the rendezvous on node 0 (10.23.0.1:29400). Node 1 cannot reach node 0's loopback, so the
+# process (tests/train_node.py: one flow run per node, as on your own machines) with one gloo CPU rank,
+# nnodes=2 and torchrun's static rendezvous on node 0 (10.23.0.1:29400). Node 1 cannot reach node 0's loopback, so the
 # rendezvous, the process group and every all-reduce cross the veth. Then the same with node 1's shards unreadable:
 # both flow runs must fail. Needs root (ip netns) and iproute2.
 #

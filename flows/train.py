@@ -150,11 +150,24 @@ def _launch_env(key: str, value: Any, default: Any) -> Any:
     return default if raw is None else type(default)(raw) if default is not None else raw
 
 
-@task(task_run_name="train-stage{stage}-{nnodes}x{nproc_per_node}", cache_policy=None)
-def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-                  rdzv_endpoint: str | None = None) -> dict[str, Any]:
-    """Run one stage as ``torchrun -m model.train_stage{stage}`` over nproc_per_node × nnodes processes, streaming
-    their output into this run's log; the summary comes from global rank 0 (node 0)."""
+def launch_topology(nnodes: int | None, node_rank: int | None, rdzv_endpoint: str | None) -> tuple[int, int, str | None]:
+    """(nnodes, node_rank, rdzv_endpoint): the parameters given, else the job's environment (SMARTEDIT_NNODES,
+    SMARTEDIT_NODE_RANK or JOB_COMPLETION_INDEX, SMARTEDIT_RDZV_ENDPOINT; the Kubernetes work pool sets them from
+    its job variables), else one node. An explicit nnodes that differs from the job's SMARTEDIT_NNODES (its pod
+    count) is refused: the pods would each train a separate run into the same output dir."""
+    env_nnodes = os.environ.get("SMARTEDIT_NNODES")
+    if nnodes is not None and env_nnodes is not None and int(env_nnodes) != int(nnodes):
+        raise ValueError(f"train: parameter nnodes={nnodes} but this job runs SMARTEDIT_NNODES={env_nnodes} nodes "
+                         f"(the work pool's nnodes job variable); leave the parameter unset or pass the same number")
+    return (int(_launch_env("SMARTEDIT_NNODES", nnodes, 1)), int(_launch_env("SMARTEDIT_NODE_RANK", node_rank, 0)),
+            _launch_env("SMARTEDIT_RDZV_ENDPOINT", rdzv_endpoint, None))
+
+
+def node_launch(config: dict[str, Any], stage: int, nproc_per_node: int, nnodes: int, node_rank: int,
+                rdzv_endpoint: str | None) -> tuple[list[str], dict[str, str], Path, str]:
+    """This node's torchrun command for one stage (its launch config written to the run dir), its environment, the
+    path where global rank 0 writes the run's result JSON, and how failures name it. The `train` flow (node 0) and
+    flows/train_node_agent.py (nodes > 0 of a Kubernetes Indexed Job) launch with it."""
     from model.train_config import TrainConfig
 
     cfg = TrainConfig.from_dict({**config, "stage": stage})
@@ -165,17 +178,26 @@ def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnode
     result_path = run_dir / f"launch-result-node{node_rank}.json"
     cfg.save_yaml(config_path)
     result_path.unlink(missing_ok=True)
-    logger = get_run_logger()
     cmd = torchrun_command(["-m", f"model.train_stage{stage}", "--config", str(config_path)], nproc_per_node, nnodes,
                            node_rank, rdzv_endpoint, rdzv_id=f"smartedit-{run_dir.name}",
                            join_timeout_s=int(os.environ.get("SMARTEDIT_RDZV_JOIN_TIMEOUT", RDZV_JOIN_TIMEOUT_S)))
-    logger.info("launching node %d of %d: %s", node_rank, nnodes, " ".join(cmd))
     env = {**os.environ, "SMARTEDIT_RESULT_JSON": str(result_path), "PYTHONUNBUFFERED": "1"}
     what = "torchrun" if nnodes <= 1 else f"torchrun on node {node_rank} of {nnodes}"
-    with gpu_slot("cuda" if _cuda() and not cfg.cpu else "cpu"):
+    return cmd, env, result_path, what
+
+
+@task(task_run_name="train-stage{stage}-{nnodes}x{nproc_per_node}", cache_policy=None)
+def launch_recipe(config: dict[str, Any], stage: int, nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                  rdzv_endpoint: str | None = None) -> dict[str, Any]:
+    """Run one stage as ``torchrun -m model.train_stage{stage}`` over nproc_per_node × nnodes processes, streaming
+    their output into this run's log; the summary comes from global rank 0 (node 0)."""
+    cmd, env, result_path, what = node_launch(config, stage, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    logger = get_run_logger()
+    logger.info("launching node %d of %d: %s", node_rank, nnodes, " ".join(cmd))
+    with gpu_slot("cuda" if _cuda() and not config.get("cpu") else "cpu"):
         stream_command(cmd, env, logger, what)
     if not result_path.exists():  # nodes other than 0 train as well but report nothing
-        return {"run_dir": str(run_dir), "stage": stage, "node_rank": node_rank}
+        return {"run_dir": str(Path(config["output_dir"])), "stage": stage, "node_rank": node_rank}
     return _summary(RunResultView(json.loads(result_path.read_text())))
 
 
@@ -296,47 +318,22 @@ def train_config(
     return get_train_preset(stage, preset, **given, manifests=manifests)
 
 
-@flow(name="train", log_prints=False)
-def train(
-    preset: str | None = None,
-    stage: int | None = None,
-    manifests: list[str] | str | None = None,
-    output_dir: str | None = None,
-    steps: int | None = None,
-    resume: str | None = None,
-    init_from: str | None = None,
-    allow_missing_sources: bool | None = None,
-    model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
-    overrides: dict[str, Any] | None = None,
-    profile: str | None = None,
-    nproc_per_node: int = 1,
-    nnodes: int = 1,
-    node_rank: int | None = None,
-    rdzv_endpoint: str | None = None,
-) -> dict[str, Any]:
-    """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
-    docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
-    "" starts fresh).
-    preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
-    them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
-    field; profile: a profile in data_specs/profiles (demo, production; its train: section) or a YAML path whose values
-    fill the parameters left unset (the event trigger passes only this, the manifests and the output dir). Without
-    one: preset tiny, stage 2. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one
-    stage, presets tiny and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit
-    model-config overrides.
-    nproc_per_node × nnodes > 1 launches the recipe with torchrun (one process per GPU, or gloo CPU processes),
-    streams every rank's output into this run's log and fails when any rank fails; across nodes, one flow run per
-    node with its node_rank and the rendezvous host:port of node 0 (defaults: SMARTEDIT_NODE_RANK or a Kubernetes
-    Indexed Job's JOB_COMPLETION_INDEX, SMARTEDIT_RDZV_ENDPOINT). Returns the summary dict."""
+def resolve_run(preset: str | None = None, stage: int | None = None, manifests: list[str] | str | None = None,
+                output_dir: str | None = None, steps: int | None = None, resume: str | None = None,
+                init_from: str | None = None, allow_missing_sources: bool | None = None,
+                model: str | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                profile: str | None = None, nproc_per_node: int = 1, nnodes: int | None = None,
+                **launch: Any):
+    """The `train` flow's parameters → (TrainConfig, its dict without ``stage``, stage, model name, dataset rows),
+    validated: bad parameters fail before anything trains. flows/train_node_agent.py resolves a flow run's
+    parameters with it, so every node trains the config node 0 trains."""
     given = resolve_profile(profile, preset=preset, stage=stage, steps=steps, resume=resume, init_from=init_from,
                             allow_missing_sources=allow_missing_sources, model=model, overrides=overrides)
-    if profile:
-        get_run_logger().info("train: preset %r, stage %d from profile %r", given["preset"], given["stage"], profile)
     preset, stage, steps, resume = given["preset"], given["stage"], given["steps"], given["resume"]
     init_from, allow_missing_sources = given["init_from"], given["allow_missing_sources"]
     model, overrides = given["model"], given["overrides"]
     model_name, model_overrides = split_model(model)
-    if model_name == "mgie" and nproc_per_node * nnodes > 1:
+    if model_name == "mgie" and (nproc_per_node > 1 or (nnodes or 1) > 1):
         raise ValueError("train: nproc_per_node/nnodes launch the SmartEdit recipes (model.train_stageN); "
                          "train MGIE with nproc_per_node=1")
     cfg = train_config(preset, stage, manifests, overrides, model_name=model_name, output_dir=output_dir, steps=steps,
@@ -352,8 +349,50 @@ def train(
                                     "_COMPLETE marker); pass an existing checkpoint dir")
     # validated before the task: bad parameters fail the flow early
     config = {k: v for k, v in cfg.to_dict().items() if k != "stage"}
-    node_rank = _launch_env("SMARTEDIT_NODE_RANK", node_rank, 0)
-    rdzv_endpoint = _launch_env("SMARTEDIT_RDZV_ENDPOINT", rdzv_endpoint, None)
+    return cfg, config, stage, model_name, dataset_rows
+
+
+@flow(name="train", log_prints=False)
+def train(
+    preset: str | None = None,
+    stage: int | None = None,
+    manifests: list[str] | str | None = None,
+    output_dir: str | None = None,
+    steps: int | None = None,
+    resume: str | None = None,
+    init_from: str | None = None,
+    allow_missing_sources: bool | None = None,
+    model: Literal["smartedit", "mgie"] | dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    profile: str | None = None,
+    nproc_per_node: int = 1,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+) -> dict[str, Any]:
+    """Train one stage (`model.train.run`). Parameters are `model.train_config.TrainConfig` fields (see its
+    docstrings); None keeps the preset's value (resume: "latest", so a rerun continues from its newest checkpoint;
+    "" starts fresh).
+    preset: tiny, 7b, 13b, 7b-official, 13b-official; manifests: shardindex.json paths or directories holding
+    them (stage 2 trains on their training splits only, data_specs/splits.yaml); overrides: any other TrainConfig
+    field; profile: a profile in data_specs/profiles (demo, production; its train: section) or a YAML path whose values
+    fill the parameters left unset (the event trigger passes only this, the manifests and the output dir). Without
+    one: preset tiny, stage 2. A run that trains zero steps fails. model: "smartedit" (default) or "mgie" (MGIE: one
+    stage, presets tiny and mgie-7b, its model overrides as overrides={"model": {...}}), or a mapping of SmartEdit
+    model-config overrides.
+    nproc_per_node × nnodes > 1 launches the recipe with torchrun (one process per GPU, or gloo CPU processes),
+    streams every rank's output into this run's log and fails when any rank fails; across nodes, this flow run is
+    node 0 (or one flow run per node) with the rendezvous host:port of node 0, and on a Kubernetes Indexed Job the
+    pods of nodes > 0 run flows/train_node_agent.py for this same flow run (defaults: SMARTEDIT_NNODES,
+    SMARTEDIT_NODE_RANK or JOB_COMPLETION_INDEX, SMARTEDIT_RDZV_ENDPOINT; an nnodes that differs from
+    SMARTEDIT_NNODES is refused). Returns the summary dict."""
+    nnodes, node_rank, rdzv_endpoint = launch_topology(nnodes, node_rank, rdzv_endpoint)
+    cfg, config, stage, model_name, dataset_rows = resolve_run(
+        preset=preset, stage=stage, manifests=manifests, output_dir=output_dir, steps=steps, resume=resume,
+        init_from=init_from, allow_missing_sources=allow_missing_sources, model=model, overrides=overrides,
+        profile=profile, nproc_per_node=nproc_per_node, nnodes=nnodes)
+    if profile:
+        get_run_logger().info("train: preset %r, stage %d from profile %r", cfg.preset, stage, profile)
     if nproc_per_node * nnodes > 1:
         summary = launch_recipe(config, stage, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
         if "steps" not in summary:

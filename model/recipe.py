@@ -127,9 +127,11 @@ class Recipe:
 
     # -- setup ----------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        from datetime import timedelta
+
         import torch
         from accelerate import Accelerator, DistributedDataParallelKwargs
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
         from transformers import get_scheduler
 
         from model.checkpoint import load_checkpoint, load_trainable, read_state, resolve_resume
@@ -142,7 +144,9 @@ class Recipe:
             gradient_accumulation_steps=cfg.grad_accum,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.tb_dir)),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=self.find_unused_parameters)],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=self.find_unused_parameters),
+                             # bounds joining the process group and every collective (TrainConfig.dist_timeout_s)
+                             InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
         )
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)

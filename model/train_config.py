@@ -108,11 +108,15 @@ class TrainConfig:
     """Write a SmartEditPipeline dir (output_dir/pipeline) at the end."""
     cpu: bool = False
     """Force CPU even when a GPU is present."""
+    dist_timeout_s: int = 1800
+    """Seconds a rank waits in the distributed process group (torch's default, 30 min): for every rank to join it at
+    start (a node whose rank died before joining fails the others after this long) and in every collective (a
+    rank-0-only checkpoint write with the others waiting at a barrier must fit in it). Multi-process runs only."""
 
     def __post_init__(self) -> None:
         self.preset = canonical_preset(self.preset)
         validate_fields(self)  # types and Literal choices (stage, mixed_precision, lr_scheduler)
-        for name in ("steps", "micro_batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        for name in ("steps", "micro_batch_size", "grad_accum", "checkpoint_every", "log_every", "dist_timeout_s"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0:

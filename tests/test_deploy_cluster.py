@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,28 @@ def test_kubernetes_train_job_spans_nodes_as_an_indexed_job(prefect_harness, mon
     # Kubernetes expands $(VAR) only from variables defined before it
     names = [e["name"] for e in container["env"]]
     assert names.index("SMARTEDIT_JOB_NAME") < names.index("SMARTEDIT_RDZV_ENDPOINT")
+
+    # only pod 0 executes the flow run (the worker's command, here a stand-in); pods > 0 run the node agent, which
+    # joins that flow run (tests/test_train_multinode.py runs both); every pod gets SMARTEDIT_NNODES = the pod count
+    wrapper = container["command"]
+    assert wrapper[:2] == ["/bin/sh", "-c"]
+    env_path = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONPATH": str(ROOT)}
+    env_path.pop("PREFECT__FLOW_RUN_ID", None)
+    pod0 = subprocess.run([*wrapper, sys.executable, "-c", "import os; print('FLOW-RUN', os.environ['SMARTEDIT_NNODES'])"],
+                          env={**env_path, "JOB_COMPLETION_INDEX": "0"}, capture_output=True, text=True, cwd=ROOT)
+    assert (pod0.returncode, pod0.stdout) == (0, "FLOW-RUN 2\n"), pod0
+    pod1 = subprocess.run([*wrapper, "false"], env={**env_path, "JOB_COMPLETION_INDEX": "1"}, capture_output=True,
+                          text=True, cwd=ROOT)
+    assert pod1.returncode != 0 and "train_node_agent: needs PREFECT__FLOW_RUN_ID" in pod1.stderr, pod1
+    # the flow takes nnodes from the job and refuses a parameter that disagrees with it
+    from flows.train import launch_topology
+
+    monkeypatch.setenv("SMARTEDIT_NNODES", "2")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    assert launch_topology(None, None, "h:1") == (2, 1, "h:1")
+    with pytest.raises(ValueError, match=r"^train: parameter nnodes=1 but this job runs SMARTEDIT_NNODES=2 nodes"):
+        launch_topology(1, None, "h:1")
 
     single = asyncio.run(_render("kubernetes", _deployments(monkeypatch)["convert-edit"]["work_pool"]["job_variables"]))
     assert (single.job_manifest["spec"]["completions"], single.job_manifest["spec"]["parallelism"]) == (1, 1)

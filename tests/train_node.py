@@ -1,5 +1,6 @@
-"""One node of a multi-node `train` flow run, as its own process (tests/test_train_multinode.py,
-bench/multinode_netns.sh): ``python tests/train_node.py '<train parameters as JSON>'`` runs the flow against the
+"""One node of a multi-node `train` run as its own flow run, in its own process (bench/multinode_netns.sh: one
+flow run per node, as on your own machines; the Kubernetes way, one flow run plus node agents, is
+tests/test_train_multinode.py): ``python tests/train_node.py '<train parameters as JSON>'`` runs the flow against the
 Prefect API in PREFECT_API_URL (or an ephemeral one) and prints one JSON line: the flow run's id, its final state
 type and message, and its result when it completed."""
 
